@@ -1,0 +1,202 @@
+"""Command line: ``external-server [-c|--config PATH | PATH] [--tls|--no-tls] [--ca F] [--cert F]
+[--key F] [--http-port N]`` (protocol.md §6.8, §6.9; design.md "Configuration and CLI").
+
+Exit codes: 0 clean stop (also Ctrl-C), 1 bad arguments, missing/invalid config or a
+startup failure. Every user error is one message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NoReturn, cast
+
+from .config import (
+    ConfigError,
+    ConfigFileNotFoundError,
+    ServerConfig,
+    TlsDefaults,
+    TlsFiles,
+    check_secret_references,
+    load_config,
+    redacted_summary,
+)
+from .logging_setup import SERVER_LOGGER, setup_logging
+
+DEFAULT_CONFIG_PATH = Path("./config/config.json")
+APP_MODULE = "external_server.app"
+PROG = "external-server"
+# Wording of the reference's TLS argument error (protocol.md §6.8).
+TLS_PARAMETERS = {
+    "ca": "ca certificate (--ca)",
+    "cert": "PEM encoded client certificate (--cert)",
+    "key": "private key to PEM encoded client certificate (--key)",
+}
+
+log = logging.getLogger("external_server.cli")
+
+
+class CliError(Exception):
+    """Bad command line; the message is printed as is and the exit code is 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class CliOptions:
+    """Parsed command line. ``ca/cert/key`` mean something only when ``tls`` is set."""
+
+    config_path: Path = DEFAULT_CONFIG_PATH
+    tls: bool = False
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    http_port: int | None = None  # None: the server's default
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{self.format_usage()}{self.prog}: error: {message}")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0..65535: {value}")
+    return value
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog=PROG, description="Fleet Protocol External Server")
+    parser.add_argument("config", nargs="?", type=Path, help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("-c", "--config", dest="config_option", type=Path, metavar="PATH", help="config file")
+    parser.add_argument(
+        "--tls", action=argparse.BooleanOptionalAction, default=False, help="mutual TLS to the broker"
+    )
+    parser.add_argument("--ca", type=Path, help="CA certificate file (with --tls)")
+    parser.add_argument("--cert", type=Path, help="PEM client certificate (with --tls)")
+    parser.add_argument("--key", type=Path, help="PEM private key of the client certificate (with --tls)")
+    parser.add_argument("--http-port", type=_port, help="port of the status/health HTTP endpoint")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> CliOptions:
+    """Parse without side effects (``--help`` aside); CliError on bad usage."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.config is not None and args.config_option is not None:
+        raise CliError(
+            "Invalid arguments. Give the config file either as PATH or with -c/--config, not both."
+        )
+    config_path = args.config_option or args.config or DEFAULT_CONFIG_PATH
+    return CliOptions(
+        config_path=config_path,
+        tls=args.tls,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        http_port=args.http_port,
+    )
+
+
+def resolve_tls(options: CliOptions, defaults: TlsDefaults | None = None) -> TlsFiles | None:
+    """The TLS files to use: CLI paths, else the config file's (§10 item 11); None without --tls.
+
+    CliError lists every missing parameter at once, or every file that does not exist.
+    """
+    if not options.tls:
+        return None
+    defaults = defaults or TlsDefaults()
+    chosen = {
+        "ca": options.ca or defaults.ca,
+        "cert": options.cert or defaults.cert,
+        "key": options.key or defaults.key,
+    }
+    missing = [TLS_PARAMETERS[name] for name, path in chosen.items() if path is None]
+    if missing:
+        raise CliError(f"Invalid arguments. TLS requires additional parameters: {', '.join(missing)}")
+    files = TlsFiles(
+        ca=cast(Path, chosen["ca"]), cert=cast(Path, chosen["cert"]), key=cast(Path, chosen["key"])
+    )
+    absent = [
+        f"{TLS_PARAMETERS[name]}: {path}" for name, path in chosen.items() if not cast(Path, path).is_file()
+    ]
+    if absent:
+        raise CliError(f"Invalid arguments. TLS file not found: {', '.join(absent)}")
+    return files
+
+
+def _prepare(options: CliOptions) -> tuple[ServerConfig, CliOptions]:
+    """Load and check everything that can be checked before the server is built."""
+    config = load_config(options.config_path)
+    check_secret_references(config)
+    tls = resolve_tls(options, config.broker.tls_defaults)
+    config = config.model_copy(update={"broker": config.broker.model_copy(update={"tls": tls})})
+    if tls is None:
+        options = replace(options, ca=None, cert=None, key=None)
+    else:
+        options = replace(options, ca=tls.ca, cert=tls.cert, key=tls.key)
+    return config, options
+
+
+RunFunction = Callable[[ServerConfig, CliOptions], int | None]
+
+
+def _load_app() -> RunFunction | None:
+    """The composition root, or None while it does not exist yet (only that module missing)."""
+    try:
+        module = importlib.import_module(APP_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name == APP_MODULE:
+            return None
+        raise
+    return cast(RunFunction, module.run)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    try:
+        options = parse_args(argv)
+    except CliError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        config, options = _prepare(options)
+    except ConfigFileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"Invalid config: {exc}", file=sys.stderr)
+        return 1
+    except CliError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        setup_logging(config.logging)
+    except OSError as exc:
+        print(f"Invalid config: logging.file.path: cannot open the log file: {exc}", file=sys.stderr)
+        return 1
+    server_log = logging.getLogger(SERVER_LOGGER)
+    for warning in config.load_warnings:
+        server_log.warning("Config: %s", warning)
+    summary = redacted_summary(config)
+    server_log.info("Loaded config: %s", json.dumps(summary))
+    run = _load_app()
+    if run is None:
+        print("server not built yet: config is valid")
+        print(json.dumps(summary, indent=2))
+        return 0
+    return run(config, options) or 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``external-server`` and ``python -m external_server``."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,46 @@
+"""The session's view of the transport: publish to one car, notify it, know if the broker is up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from ..transport import CarTopics, MqttConnection, PublishError
+
+
+class CarLink(Protocol):
+    """What a car session needs from the transport (tests may plug in their own)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish(self, payload: bytes) -> None:
+        """Send one ExternalServer payload; raise PublishError when it cannot even be queued."""
+
+    async def publish_disconnect_notification(self, timeout_s: float) -> bool:
+        """Empty QoS-1 message on the disconnect topic; True once the broker acknowledged it."""
+
+
+class MqttCarLink:
+    """A car's topics on the process-wide MQTT connection."""
+
+    def __init__(
+        self, connection: MqttConnection, topics: CarTopics, on_error: Callable[[Exception], None] | None = None
+    ) -> None:
+        self._connection = connection
+        self._topics = topics
+        self.on_error = on_error  # set once the session that reports errors exists
+
+    @property
+    def connected(self) -> bool:
+        return self._connection.connected
+
+    def publish(self, payload: bytes) -> None:
+        self._connection.publish_nowait(self._topics.external_server, payload, self.on_error)
+
+    async def publish_disconnect_notification(self, timeout_s: float) -> bool:
+        try:
+            await self._connection.publish(self._topics.disconnect_notification, b"", timeout_s)
+        except PublishError:
+            return False
+        return True

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Print the directory holding etcd, kube-apiserver and kube-controller-manager v1.20.2 for
+# the cluster tests (KUBEBUILDER_ASSETS), building them first when one is missing.
+#
+#   export KUBEBUILDER_ASSETS=$(tools/envtest/ensure.sh)
+#
+# The build (tools/envtest/build.sh, ~5-10 min cold) logs to stderr and to
+# <cache>/build.log. Afterwards the Go build cache (~1.4 GB) is deleted when it is larger
+# than FLEET_ENVTEST_GOCACHE_MAX_MB (default 200); set it to 0 to always delete, or
+# FLEET_ENVTEST_KEEP_GOCACHE=1 to keep it. The unpacked sources are deleted too unless
+# FLEET_ENVTEST_KEEP_WORK=1.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+K8S_VERSION=1.20.2
+CACHE_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/fleet-external-server/envtest
+DEST=${FLEET_ENVTEST_DIR:-$CACHE_ROOT/$K8S_VERSION}
+WORK=${FLEET_ENVTEST_WORK:-$CACHE_ROOT/work-$K8S_VERSION}
+
+complete() {
+  local b
+  for b in etcd kube-apiserver kube-controller-manager; do
+    [ -x "$DEST/$b" ] || return 1
+  done
+}
+
+if ! complete; then
+  mkdir -p "$CACHE_ROOT"
+  # One build at a time per machine; a second caller waits and then reuses the result.
+  exec 9>"$CACHE_ROOT/.lock"
+  flock 9
+  if ! complete; then
+    echo "ensure-envtest: building envtest binaries into $DEST (log: $CACHE_ROOT/build.log)" >&2
+    FLEET_ENVTEST_DIR=$DEST FLEET_ENVTEST_WORK=$WORK "$HERE/build.sh" 2>&1 | tee "$CACHE_ROOT/build.log" >&2
+    if [ "${FLEET_ENVTEST_KEEP_GOCACHE:-0}" != 1 ] && [ -d "$WORK/gocache" ]; then
+      size_mb=$(du -sm "$WORK/gocache" | cut -f1)
+      if [ "$size_mb" -gt "${FLEET_ENVTEST_GOCACHE_MAX_MB:-200}" ]; then
+        echo "ensure-envtest: deleting Go build cache ($size_mb MB)" >&2
+        chmod -R u+w "$WORK/gocache" && rm -rf "$WORK/gocache"
+      fi
+    fi
+    # The unpacked source tree (~500 MB) is cheap to fetch again.
+    if [ "${FLEET_ENVTEST_KEEP_WORK:-0}" != 1 ]; then
+      rm -rf "$WORK/src" "$WORK/gopath" "$WORK/debs" "$WORK/bin"
+    fi
+    complete || { echo "ensure-envtest: build finished but binaries are missing in $DEST" >&2; exit 1; }
+  fi
+fi
+echo "$DEST"
