@@ -159,9 +159,24 @@ def _ordered(node: dict[str, Any]) -> dict[str, Any]:
     return {k: node[k] for k in _KEY_ORDER if k in node}
 
 
-def model_schema(model: type[ExternalServerSpec] | type[ExternalServerStatus]) -> dict[str, Any]:
+def _without_defaults(node: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in node.items() if k != "default"}
+    if "properties" in out:
+        out["properties"] = {name: _without_defaults(sub) for name, sub in out["properties"].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = _without_defaults(out[key])
+    return out
+
+
+def model_schema(
+    model: type[ExternalServerSpec] | type[ExternalServerStatus], *, defaults: bool = True
+) -> dict[str, Any]:
+    """Structural schema of a model. ``defaults=False`` leaves out every default: the status
+    is written whole by the operator, and Kubernetes 1.20 mis-reads a "" default as null."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    return structural(raw, raw.get("$defs", {}))
+    schema = structural(raw, raw.get("$defs", {}))
+    return schema if defaults else _without_defaults(schema)
 
 
 def open_api_schema() -> dict[str, Any]:
@@ -175,7 +190,7 @@ def open_api_schema() -> dict[str, Any]:
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
             "spec": model_schema(ExternalServerSpec),
-            "status": model_schema(ExternalServerStatus),
+            "status": model_schema(ExternalServerStatus, defaults=False),
         },
     }
 

@@ -12,6 +12,7 @@ disables it), EXTERNAL_SERVER_IMAGE (default server image), EXTERNAL_SERVER_OPER
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Sequence
 
@@ -62,6 +63,16 @@ def parse_args(argv: Sequence[str] | None = None, env: dict[str, str] | None = N
     return args
 
 
+class _QuietRoutine(logging.Filter):
+    """Drop kopf's per-run success lines of the periodic handlers (one per object every few
+    seconds); failures and everything else still get through."""
+
+    ROUTINE = ("Timer 'refresh' succeeded.", "Handler 'shard_changed' succeeded.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self.ROUTINE
+
+
 def liveness_endpoint(host: str, port: int) -> str | None:
     if port <= 0:
         return None
@@ -72,6 +83,9 @@ def liveness_endpoint(host: str, port: int) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     kopf.configure(verbose=args.verbose)
+    if not args.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietRoutine())
     kopf.run(
         clusterwide=not args.namespaces,
         namespaces=args.namespaces or (),

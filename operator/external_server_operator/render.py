@@ -401,7 +401,7 @@ def render_children(
                 owner, spec=spec, shard=shard, cars=cars, config_checksum=digest, settings=settings
             )
         )
-        children.assignment.update({car.name: shard for car in cars})
+    children.assignment = {car.name: shard_of(car.name, spec.shards) for car in spec.cars}
     return children
 
 

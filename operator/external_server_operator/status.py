@@ -77,7 +77,9 @@ def shard_state(shard: int, deployment: Mapping[str, Any] | None) -> ShardState:
     generation = int(meta.get("generation") or 0)
     observed = int(st.get("observedGeneration") or 0)
     ready = int(st.get("readyReplicas") or 0) >= 1
-    updated = int(st.get("updatedReplicas") or 0) >= 1
+    # Rolled out: the controller saw the current template, the one pod runs it and is
+    # ready, and no pod of an older template is left.
+    updated = int(st.get("updatedReplicas") or 0) >= 1 and ready
     stale = int(st.get("replicas") or 0) > int(st.get("updatedReplicas") or 0)
     return ShardState(
         shard, exists=True, ready=ready, rolled_out=observed >= generation and updated and not stale

@@ -78,7 +78,9 @@ class CompanyServer:
     def build(self) -> None:
         """Load libraries and init every context; on failure destroy what was created."""
         contexts = sum(len(self.config.modules_for(car)) for car in self.config.cars)
-        self._executor = ThreadPoolExecutor(max_workers=min(256, max(8, 4 * contexts)), thread_name_prefix="module")
+        self._executor = ThreadPoolExecutor(
+            max_workers=min(256, max(8, 4 * contexts)), thread_name_prefix="module"
+        )
         try:
             runtimes_by_car = {car: self._build_car_modules(car) for car in self.config.cars}
         except StartupError:
@@ -152,8 +154,8 @@ class CompanyServer:
         if number != module_id:
             runtime.destroy()
             raise StartupError(
-                f"Module number '{number}' returned from API does not match module ID '{module_id}' in config "
-                f"({settings.lib_path})."
+                f"Module number '{number}' returned from API does not match module ID '{module_id}' "
+                f"in config ({settings.lib_path})."
             )
         return runtime
 

@@ -27,7 +27,7 @@ from .config import (
     load_config,
     redacted_summary,
 )
-from .logging_setup import SERVER_LOGGER, setup_logging
+from .logging_setup import setup_logging
 
 DEFAULT_CONFIG_PATH = Path("./config/config.json")
 APP_MODULE = "external_server.app"
@@ -113,23 +113,17 @@ def resolve_tls(options: CliOptions, defaults: TlsDefaults | None = None) -> Tls
     if not options.tls:
         return None
     defaults = defaults or TlsDefaults()
-    chosen = {
-        "ca": options.ca or defaults.ca,
-        "cert": options.cert or defaults.cert,
-        "key": options.key or defaults.key,
-    }
-    missing = [TLS_PARAMETERS[name] for name, path in chosen.items() if path is None]
-    if missing:
+    ca, cert, key = options.ca or defaults.ca, options.cert or defaults.cert, options.key or defaults.key
+    chosen = {"ca": ca, "cert": cert, "key": key}
+    if ca is None or cert is None or key is None:
+        missing = [TLS_PARAMETERS[name] for name, path in chosen.items() if path is None]
         raise CliError(f"Invalid arguments. TLS requires additional parameters: {', '.join(missing)}")
-    files = TlsFiles(
-        ca=cast(Path, chosen["ca"]), cert=cast(Path, chosen["cert"]), key=cast(Path, chosen["key"])
-    )
     absent = [
-        f"{TLS_PARAMETERS[name]}: {path}" for name, path in chosen.items() if not cast(Path, path).is_file()
+        f"{TLS_PARAMETERS[name]}: {path}" for name, path in chosen.items() if path and not path.is_file()
     ]
     if absent:
         raise CliError(f"Invalid arguments. TLS file not found: {', '.join(absent)}")
-    return files
+    return TlsFiles(ca=ca, cert=cert, key=key)
 
 
 def _prepare(options: CliOptions) -> tuple[ServerConfig, CliOptions]:
@@ -181,11 +175,10 @@ def _run(argv: Sequence[str] | None) -> int:
     except OSError as exc:
         print(f"Invalid config: logging.file.path: cannot open the log file: {exc}", file=sys.stderr)
         return 1
-    server_log = logging.getLogger(SERVER_LOGGER)
     for warning in config.load_warnings:
-        server_log.warning("Config: %s", warning)
+        log.warning("Config: %s", warning)
     summary = redacted_summary(config)
-    server_log.info("Loaded config: %s", json.dumps(summary))
+    log.info("Loaded config: %s", json.dumps(summary))
     run = _load_app()
     if run is None:
         print("server not built yet: config is valid")

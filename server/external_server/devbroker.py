@@ -21,7 +21,7 @@ def broker_config(host: str, port: int) -> dict[str, object]:
 
 
 async def serve(host: str, port: int) -> None:
-    from amqtt.broker import Broker  # optional dependency (extra "broker")
+    from amqtt.broker import Broker  # noqa: PLC0415  (optional dependency, extra "broker")
 
     broker = Broker(broker_config(host, port))
     await broker.start()

@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         port = int(port_text)
     else:
         host, port = "127.0.0.1", free_port()
-        children.append(subprocess.Popen([python, "-m", "external_server.devbroker", "--host", host, "--port", str(port)]))
+        children.append(
+            subprocess.Popen([python, "-m", "external_server.devbroker", "--host", host, "--port", str(port)])
+        )
         if not wait_for_port(host, port, 15):
             print("embedded broker did not start", file=sys.stderr)
             return _stop(children, 1)
@@ -62,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(config, handle, indent=2)
         run_config = handle.name
     cars = args.cars or next(iter(config["cars"]))
-    print(f"broker {host}:{port}; server config {run_config}; simulating car(s) {cars}; Ctrl-C to stop", flush=True)
+    print(
+        f"broker {host}:{port}; server config {run_config}; simulating car(s) {cars}; Ctrl-C to stop",
+        flush=True,
+    )
     children.append(subprocess.Popen([python, "-m", "external_server", "-c", run_config]))
     time.sleep(1.0)
     children.append(

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from external_server.wire import ExternalProtocol_pb2 as ext
 from external_server.wire import InternalProtocol_pb2 as internal
 
@@ -27,7 +26,9 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
 
 def test_connect_response_bytes() -> None:
     """§2.4: ExternalServer{connectResponse{sessionId:"id", type:OK}} = 0a 04 0a 02 69 64."""
-    message = ext.ExternalServer(connectResponse=ext.ConnectResponse(sessionId="id", type=ext.ConnectResponse.OK))
+    message = ext.ExternalServer(
+        connectResponse=ext.ConnectResponse(sessionId="id", type=ext.ConnectResponse.OK)
+    )
     assert message.SerializeToString() == bytes.fromhex("0a040a026964")
 
 
@@ -39,7 +40,9 @@ def test_status_response_bytes() -> None:
 
 def test_device_bytes() -> None:
     """§2.4: Device{module:1000, deviceType:0, deviceRole:"test", deviceName:"T"}."""
-    device = internal.Device(module=internal.Device.EXAMPLE_MODULE, deviceType=0, deviceRole="test", deviceName="T")
+    device = internal.Device(
+        module=internal.Device.EXAMPLE_MODULE, deviceType=0, deviceRole="test", deviceName="T"
+    )
     assert device.SerializeToString() == bytes.fromhex("08e8071a0474657374220154")
 
 
@@ -57,7 +60,13 @@ def test_field_numbers_match_the_spec_tables() -> None:
         ext.ExternalClient: {"connect": 1, "status": 2, "commandResponse": 3},
         ext.Connect: {"sessionId": 1, "company": 2, "vehicleName": 3, "devices": 4},
         ext.ConnectResponse: {"sessionId": 1, "type": 2},
-        ext.Status: {"sessionId": 1, "deviceState": 2, "messageCounter": 3, "deviceStatus": 4, "errorMessage": 5},
+        ext.Status: {
+            "sessionId": 1,
+            "deviceState": 2,
+            "messageCounter": 3,
+            "deviceStatus": 4,
+            "errorMessage": 5,
+        },
         ext.StatusResponse: {"sessionId": 1, "type": 2, "messageCounter": 3},
         ext.Command: {"sessionId": 1, "messageCounter": 2, "deviceCommand": 3},
         ext.CommandResponse: {"sessionId": 1, "type": 2, "messageCounter": 3},

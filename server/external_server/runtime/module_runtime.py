@@ -69,6 +69,11 @@ class ModuleRuntime:
         self.pop_errors = 0
 
     @property
+    def context(self) -> ModuleContext:
+        """The raw context, for diagnostics and tests; calls must still go through :meth:`call`."""
+        return self._context
+
+    @property
     def wait_timeout_s(self) -> float:
         return self._wait_timeout_ms / 1000.0
 
@@ -162,7 +167,9 @@ class ModuleRuntime:
                 if popped.remaining < 0 or popped.device is None:
                     self.pop_errors += 1
                     self._log.error(
-                        "Error in pop_command of module %d, return code: %d.", self.module_id, popped.remaining
+                        "Error in pop_command of module %d, return code: %d.",
+                        self.module_id,
+                        popped.remaining,
                     )
                     break
                 batch.append(QueuedCommand(popped.data, popped.device))

@@ -22,6 +22,8 @@ from ..device import Device
 from ..modules.abi import CONTEXT_INCORRECT, DISCONNECT_ANNOUNCED, DISCONNECT_TIMEOUT, NOT_OK, OK
 from ..modules.context import ModuleContext
 from ..protocol import messages
+from ..protocol.command_tracker import CommandTracker
+from ..protocol.first_commands import select_first_commands
 from ..protocol.messages import (
     CommandResponseMessage,
     ConnectMessage,
@@ -29,8 +31,6 @@ from ..protocol.messages import (
     ParsedMessage,
     StatusMessage,
 )
-from ..protocol.command_tracker import CommandTracker
-from ..protocol.first_commands import select_first_commands
 from ..protocol.registry import DeviceRegistry
 from ..protocol.status_order import StatusOrderChecker
 from ..runtime import ModuleRuntime, QueuedCommand
@@ -118,9 +118,13 @@ class CarSession:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._stop_requested = asyncio.Event()
-        self._command_queues: dict[int, deque[QueuedCommand]] = {module_id: deque() for module_id in self._modules}
+        self._command_queues: dict[int, deque[QueuedCommand]] = {
+            module_id: deque() for module_id in self._modules
+        }
         self.registry = DeviceRegistry()
-        self.status_checker: StatusOrderChecker[StatusMessage] = StatusOrderChecker(timings.response_timeout_s)
+        self.status_checker: StatusOrderChecker[StatusMessage] = StatusOrderChecker(
+            timings.response_timeout_s
+        )
         self.command_tracker = CommandTracker(timings.response_timeout_s)
         self.session_id = ""
         self.state = CarState.UNINITIALIZED
@@ -262,7 +266,9 @@ class CarSession:
         if parsed.kind == MessageKind.INVALID:
             self.stats.invalid_messages[parsed.reason] += 1
             self._log.warning(
-                "Dropping a message that is not a valid ExternalClient (%d bytes): %s", parsed.size, parsed.reason
+                "Dropping a message that is not a valid ExternalClient (%d bytes): %s",
+                parsed.size,
+                parsed.reason,
             )
             return None
         self.stats.messages_in[parsed.kind.value] += 1
@@ -302,7 +308,9 @@ class CarSession:
             raise SessionReset(ResetReason.INVALID_CONNECT, "Connect message contains no devices.")
         self.session_id = connect.session_id
         self.stats.sessions_started += 1
-        self._log.info("Connect received, session id '%s', %d device(s).", self.session_id, len(connect.devices))
+        self._log.info(
+            "Connect received, session id '%s', %d device(s).", self.session_id, len(connect.devices)
+        )
         for announced in connect.devices:
             device = announced.with_priority(0)
             runtime = self._modules.get(device.module)
@@ -328,7 +336,9 @@ class CarSession:
         rc = await runtime.call(lambda context: context.device_connected(device))
         if rc != OK:
             self.stats.module_errors["device_connected"] += 1
-            self._log.error("Module %d refused device %s (device_connected returned %d).", device.module, device, rc)
+            self._log.error(
+                "Module %d refused device %s (device_connected returned %d).", device.module, device, rc
+            )
             return False
         self.registry.register(device)
         if first_of_module:
@@ -347,11 +357,15 @@ class CarSession:
         while answered < expected:
             status = await self._read_car_message(self._timings.response_timeout_s)
             if status is None or status.kind != MessageKind.STATUS:
-                raise SessionReset(ResetReason.FIRST_STATUS, "First status from device has not been received.")
+                raise SessionReset(
+                    ResetReason.FIRST_STATUS, "First status from device has not been received."
+                )
             device = status.device
             runtime = self._modules.get(device.module)
             if runtime is None:  # DECISION §10.8: ignore instead of failing the phase
-                self._log.warning("Ignoring first status of device %s from unknown module %d.", device, device.module)
+                self._log.warning(
+                    "Ignoring first status of device %s from unknown module %d.", device, device.module
+                )
                 continue
             if not await runtime.is_device_type_supported(device.device_type):
                 self._log.warning("Ignoring first status of device %s: type not supported.", device)
@@ -361,7 +375,9 @@ class CarSession:
                 continue
             if status.state != ext.Status.CONNECTING:
                 self._log.error(
-                    "First status from device %s must contain CONNECTING state, got state %d.", device, status.state
+                    "First status from device %s must contain CONNECTING state, got state %d.",
+                    device,
+                    status.state,
                 )
                 raise SessionReset(ResetReason.FIRST_STATUS, "First status was not in CONNECTING state.")
             if self.registry.is_registered(device):
@@ -373,14 +389,18 @@ class CarSession:
 
     def _phase_c_first_commands(self) -> int:
         if not self.registry:
-            raise SessionReset(ResetReason.NO_DEVICES, "All devices have been disconnected, restarting server.")
+            raise SessionReset(
+                ResetReason.NO_DEVICES, "All devices have been disconnected, restarting server."
+            )
         drained = [(module_id, self._drain(module_id)) for module_id in self._modules]
         selection = select_first_commands(drained, self.registry)
         for dropped in selection.dropped:
             self._log.warning("Device '%s' not connected. Command from API will be ignored.", dropped.device)
         now = self._clock()
         for first in selection.commands:
-            counter = self.command_tracker.register_sent(first.device, first.data, first.server_generated, now)
+            counter = self.command_tracker.register_sent(
+                first.device, first.data, first.server_generated, now
+            )
             self._publish(messages.command(self.session_id, counter, first.device, first.data), "command")
         return len(selection.commands)
 
@@ -398,7 +418,9 @@ class CarSession:
         while True:
             parsed = await self._read_car_message(self._timings.response_timeout_s)
             if parsed is None:
-                raise SessionReset(ResetReason.FIRST_COMMAND_RESPONSE, "Command response has not been received.")
+                raise SessionReset(
+                    ResetReason.FIRST_COMMAND_RESPONSE, "Command response has not been received."
+                )
             if parsed.kind == MessageKind.CONNECT:
                 raise SessionReset(
                     ResetReason.CONNECT_DURING_SEQUENCE,
@@ -485,7 +507,9 @@ class CarSession:
         if result.ignored_old:
             self.stats.ignored["old_status_counter"] += 1
             self._log.warning(
-                "Status with counter %d smaller than expected value %d is ignored.", status.counter, result.expected
+                "Status with counter %d smaller than expected value %d is ignored.",
+                status.counter,
+                result.expected,
             )
         elif result.duplicate:
             self.stats.ignored["duplicate_status_counter"] += 1
@@ -564,12 +588,16 @@ class CarSession:
         result = self.command_tracker.acknowledge(response.counter)
         if not result.released:
             self._log.info(
-                "Command response with counter %d released no command (%s).", response.counter, result.reason.value
+                "Command response with counter %d released no command (%s).",
+                response.counter,
+                result.reason.value,
             )
         for released in result.released:
             runtime = self._modules.get(released.device.module)
             if runtime is None:
-                self._log.warning("No module %d for acknowledged command of %s.", released.device.module, released.device)
+                self._log.warning(
+                    "No module %d for acknowledged command of %s.", released.device.module, released.device
+                )
                 continue
             await self._command_ack(runtime, released.data, released.device)
 
@@ -585,7 +613,9 @@ class CarSession:
                         module_id,
                     )
                     continue
-                self._log.warning("Sending command for device %s from module %d (module mismatch).", device, module_id)
+                self._log.warning(
+                    "Sending command for device %s from module %d (module mismatch).", device, module_id
+                )
             if not self.registry.is_registered(device):
                 self._log.warning("Device %s is not connected; sending its command anyway.", device)
             if not queued.data:
@@ -612,10 +642,14 @@ class CarSession:
         status_rc, error_rc = await runtime.call(forward)
         if status_rc != OK:
             self.stats.module_errors["forward_status"] += 1
-            self._log.error("forward_status of module %d failed for %s: %d.", device.module, device, status_rc)
+            self._log.error(
+                "forward_status of module %d failed for %s: %d.", device.module, device, status_rc
+            )
         if error_rc != OK:
             self.stats.module_errors["forward_error_message"] += 1
-            self._log.error("forward_error_message of module %d failed for %s: %d.", device.module, device, error_rc)
+            self._log.error(
+                "forward_error_message of module %d failed for %s: %d.", device.module, device, error_rc
+            )
 
     async def _command_ack(self, runtime: ModuleRuntime, data: bytes, device: Device) -> None:
         rc = await runtime.call(lambda context: context.command_ack(data, device))
@@ -623,7 +657,9 @@ class CarSession:
             self.stats.module_errors["command_ack"] += 1
             self._log.error("command_ack of module %d failed for %s: %d.", device.module, device, rc)
 
-    async def _device_disconnected(self, runtime: ModuleRuntime, disconnect_type: int, device: Device) -> None:
+    async def _device_disconnected(
+        self, runtime: ModuleRuntime, disconnect_type: int, device: Device
+    ) -> None:
         rc = await runtime.call(lambda context: context.device_disconnected(disconnect_type, device))
         self._log_device_disconnected(rc, device)
 
@@ -669,4 +705,3 @@ class CarSession:
         kept = [event for event in self._events if isinstance(event, _Stop)]
         self._events.clear()
         self._events.extend(kept)
-

@@ -25,7 +25,10 @@ class MqttCarLink:
     """A car's topics on the process-wide MQTT connection."""
 
     def __init__(
-        self, connection: MqttConnection, topics: CarTopics, on_error: Callable[[Exception], None] | None = None
+        self,
+        connection: MqttConnection,
+        topics: CarTopics,
+        on_error: Callable[[Exception], None] | None = None,
     ) -> None:
         self._connection = connection
         self._topics = topics

@@ -18,8 +18,12 @@ _ALLOWED: dict[CarState, frozenset[CarState]] = {
     CarState.UNINITIALIZED: frozenset(
         {CarState.UNINITIALIZED, CarState.CONNECTED, CarState.ERROR, CarState.STOPPED}
     ),
-    CarState.CONNECTED: frozenset({CarState.CONNECTED, CarState.INITIALIZED, CarState.ERROR, CarState.STOPPED}),
-    CarState.INITIALIZED: frozenset({CarState.INITIALIZED, CarState.RUNNING, CarState.ERROR, CarState.STOPPED}),
+    CarState.CONNECTED: frozenset(
+        {CarState.CONNECTED, CarState.INITIALIZED, CarState.ERROR, CarState.STOPPED}
+    ),
+    CarState.INITIALIZED: frozenset(
+        {CarState.INITIALIZED, CarState.RUNNING, CarState.ERROR, CarState.STOPPED}
+    ),
     CarState.RUNNING: frozenset({CarState.RUNNING, CarState.ERROR, CarState.STOPPED}),
     CarState.STOPPED: frozenset({CarState.STOPPED, CarState.UNINITIALIZED}),
     CarState.ERROR: frozenset({CarState.ERROR, CarState.UNINITIALIZED}),

@@ -1,4 +1,4 @@
-"""``fleet-simulator``: play N cars × M devices (the gateway side) against an MQTT broker.
+"""``fleet-simulator``: play N cars x M devices (the gateway side) against an MQTT broker.
 
 Exit codes: 0 = done (also after Ctrl-C / SIGTERM); 1 = a bounded run ended with
 a car that never completed a connect sequence, or the TLS files are unusable;
@@ -70,12 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--statuses", type=int, help="stop each car after this many statuses")
     parser.add_argument("--status-size", type=int, default=0, help="pad status data to this many bytes")
     parser.add_argument("--cars-per-connection", type=int, default=1, help="share MQTT connections")
-    parser.add_argument("--stagger", type=float, default=0.0, help="spread car starts over S seconds (0 = storm)")
+    parser.add_argument(
+        "--stagger", type=float, default=0.0, help="spread car starts over S seconds (0 = storm)"
+    )
     parser.add_argument("--connect-timeout", type=float, default=5.0, help="per read in the connect sequence")
     parser.add_argument("--status-timeout", type=float, default=30.0, help="status response timeout")
     parser.add_argument("--reconnect-delay", type=float, default=10.0, help="after a failed connect sequence")
     parser.add_argument("--json", type=Path, help="write the summary as JSON to this file")
-    parser.add_argument("--per-car", action="store_true", help="per-car rows in the table even for big fleets")
+    parser.add_argument(
+        "--per-car", action="store_true", help="per-car rows in the table even for big fleets"
+    )
     parser.add_argument("--tls", action="store_true", help="mutual TLS (needs --ca, --cert, --key)")
     parser.add_argument("--ca", type=Path)
     parser.add_argument("--cert", type=Path)
@@ -91,7 +95,10 @@ def _fleet_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.cars:
         cars = tuple(name.strip() for name in args.cars.split(",") if name.strip())
     else:
-        cars = car_names(args.car_count or 1, args.car_prefix) if (args.car_count or 1) >= 1 else ()
+        count = 1 if args.car_count is None else args.car_count
+        if count < 1:
+            parser.error("--car-count must be >= 1")
+        cars = car_names(count, args.car_prefix)
     if args.tls and not (args.ca and args.cert and args.key):
         parser.error("--tls needs --ca, --cert and --key")
     if args.duration < 0:
@@ -190,11 +197,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = "until Ctrl-C" if config.duration_s is None else f"for {config.duration_s:g} s"
     if not args.quiet:
         print(
-            f"fleet-simulator: {len(config.cars)} car(s) × {config.devices_per_car} device(s) of company "
+            f"fleet-simulator: {len(config.cars)} car(s) x {config.devices_per_car} device(s) of company "
             f"{config.company} against {config.broker}, {config.mode}, {target}",
             flush=True,
         )
-    summary, interrupted = asyncio.run(_run(config, args))
+    try:
+        summary, interrupted = asyncio.run(_run(config, args))
+    except KeyboardInterrupt:  # only before the signal handlers are installed
+        print("fleet-simulator: interrupted", file=sys.stderr)
+        return 0
     print(summary.format_table(per_car=True if args.per_car else None), flush=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

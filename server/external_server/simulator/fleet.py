@@ -1,4 +1,4 @@
-"""Many simulated gateways (N cars × M devices) on one or several MQTT connections.
+"""Many simulated gateways (N cars x M devices) on one or several MQTT connections.
 
 By default every car has its own connection, like real gateways; sharing
 (``cars_per_connection``) keeps the simulator's overhead low for big fleets.

@@ -205,7 +205,7 @@ class FleetSummary:
         """Human-readable summary; per-car rows by default only for small fleets."""
         show_cars = per_car if per_car is not None else self.car_count <= PER_CAR_ROWS_DEFAULT_LIMIT
         header = (
-            f"Fleet simulator — company {self.company}: {self.car_count} car(s) × {self.devices_per_car} "
+            f"Fleet simulator — company {self.company}: {self.car_count} car(s) x {self.devices_per_car} "
             f"device(s), {self.mode}, {self.connections} MQTT connection(s), {self.elapsed_s:.1f} s"
         )
         columns = ("car", "state", "sess", "reconn", "sent", "answered", "t/o", "cmds")
@@ -233,8 +233,9 @@ class FleetSummary:
         if self.failures:
             lines.append("failed connect sequences: " + _reasons(self.failures))
         lines.append(
-            f"throughput: {self.answered_per_s:.1f} statuses/s answered; simulator CPU {self.cpu_user_s:.2f} s "
-            f"user + {self.cpu_system_s:.2f} s system = {self.cpu_percent:.1f} % of one core"
+            f"throughput: {self.answered_per_s:.1f} statuses/s answered; simulator CPU "
+            f"{self.cpu_user_s:.2f} s user + {self.cpu_system_s:.2f} s system "
+            f"= {self.cpu_percent:.1f} % of one core"
         )
         return "\n".join(lines)
 
@@ -265,7 +266,10 @@ def _render(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = []
     for row in (header, *rows):
-        cells = [cell.ljust(width) if i < 2 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            cell.ljust(width) if i < 2 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -277,4 +281,4 @@ def _ms(value: float | None) -> str:
 
 
 def _reasons(reasons: dict[str, int]) -> str:
-    return ", ".join(f"{reason} ×{count}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))

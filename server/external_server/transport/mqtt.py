@@ -85,7 +85,7 @@ class MqttConnection:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    async def wait_connected(self, timeout: float | None = None) -> bool:
+    async def wait_connected(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until the connection is up; False on timeout."""
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
@@ -106,14 +106,17 @@ class MqttConnection:
                     self._set_connected(True)
                     self.connect_count += 1
                     if failures:
-                        self._log.info("Connected to MQTT broker %s after %d failed attempts.", self.broker, failures)
+                        self._log.info(
+                            "Connected to MQTT broker %s after %d failed attempts.", self.broker, failures
+                        )
                     else:
                         self._log.info("Connected to MQTT broker %s.", self.broker)
                     backoff, failures = self._backoff_initial_s, 0
                     async for message in client.messages:
                         payload = message.payload
                         self._on_message(
-                            message.topic.value, payload if isinstance(payload, bytes) else bytes(str(payload), "utf-8")
+                            message.topic.value,
+                            payload if isinstance(payload, bytes) else bytes(str(payload), "utf-8"),
                         )
             except aiomqtt.MqttError as exc:
                 if self._stopping:
@@ -122,7 +125,9 @@ class MqttConnection:
                 self._client = None
                 self._set_connected(False)
                 if was_connected:
-                    self._log.warning("Connection to MQTT broker %s lost (%s); reconnecting.", self.broker, exc)
+                    self._log.warning(
+                        "Connection to MQTT broker %s lost (%s); reconnecting.", self.broker, exc
+                    )
                 elif failures == 0:
                     self._log.warning(
                         "Could not connect to MQTT broker %s (%s); retrying with backoff up to %.0f s "
@@ -160,7 +165,8 @@ class MqttConnection:
         if client is None or not self.connected:
             raise PublishError(f"not connected to MQTT broker {self.broker}")
         task = asyncio.get_running_loop().create_task(
-            client.publish(topic, payload, qos=1, timeout=self._publish_timeout_s), name=f"mqtt-publish:{topic}"
+            client.publish(topic, payload, qos=1, timeout=self._publish_timeout_s),
+            name=f"mqtt-publish:{topic}",
         )
         self._publish_tasks.add(task)
         task.add_done_callback(lambda done: self._publish_finished(done, on_error))
