@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from .errors import KubeError
 from .models import GROUP, KIND, VERSION
 from .render import (
     LABEL_INSTANCE,
@@ -33,6 +34,7 @@ from .render import (
 from .settings import Settings
 from .status import (
     CONFIG_VALID,
+    PROGRESSING,
     CarReport,
     Observation,
     ShardState,
@@ -125,6 +127,7 @@ class Reconciler:
         }
 
         invalid: tuple[str, str] | None = None
+        apply_error: str | None = None
         if spec is None or problems:
             invalid = summarize(problems)
             before = condition(previous, CONFIG_VALID)
@@ -145,12 +148,28 @@ class Reconciler:
                 )
             children = render_children(owner, spec, versions, self.settings)
             live_deployments: dict[int, dict[str, Any]] = {}
-            for child in children.objects():
-                applied = await self._ensure(child)
-                shard = _shard(child)
-                if child["kind"] == "Deployment" and shard is not None:
-                    live_deployments[shard] = applied
-            await self._prune(owner, owned, set(children.configs))
+            try:
+                for child in children.objects():
+                    applied = await self._ensure(child)
+                    shard = _shard(child)
+                    if child["kind"] == "Deployment" and shard is not None:
+                        live_deployments[shard] = applied
+                await self._prune(owner, owned, set(children.configs))
+            except KubeError as exc:
+                if not exc.rejected:
+                    raise  # transient: kopf retries
+                apply_error = str(exc)
+                before = condition(previous, PROGRESSING)
+                if first_look or before is None or before.message != apply_error:
+                    await self._event(obj, "Warning", "ApplyFailed", apply_error)
+                    log.warning("%s/%s: the API server rejected a child: %s", namespace, name, apply_error)
+                live_deployments.update(
+                    {
+                        s: d
+                        for d in owned["Deployment"]
+                        if (s := _shard(d)) is not None and s not in live_deployments
+                    }
+                )
             assignment = children.assignment
             shards = [shard_state(s, live_deployments.get(s)) for s in sorted(children.configs)]
 
@@ -158,7 +177,12 @@ class Reconciler:
         new = compute_status(
             previous,
             Observation(
-                generation=generation, invalid=invalid, assignment=assignment, shards=shards, reports=reports
+                generation=generation,
+                invalid=invalid,
+                assignment=assignment,
+                shards=shards,
+                reports=reports,
+                apply_error=apply_error,
             ),
             now_rfc3339(),
         )

@@ -46,6 +46,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = FIELD_MANAGER
     settings.watching.server_timeout = 300
+    # Watch only the Deployments this operator made (server-side filter).
+    settings.watching.label_selectors["apps", "deployments"] = f"{LABEL_MANAGED_BY}={FIELD_MANAGER}"
     STATE.api = await KubeApi.connect()
     timeout = SETTINGS.status_timeout
 

@@ -19,7 +19,10 @@ import aiohttp
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from .errors import KubeError
 from .render import FIELD_MANAGER
+
+__all__ = ["KubeApi", "KubeError", "fetch_json"]
 
 #: kind → (API prefix, plural)
 RESOURCES: dict[str, tuple[str, str]] = {
@@ -31,14 +34,6 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Deployment": ("apis/apps/v1", "deployments"),
     "ExternalServer": ("apis/fleetprotocol.io/v1alpha1", "externalservers"),
 }
-
-
-class KubeError(Exception):
-    """The API server answered with an error status."""
-
-    def __init__(self, status: int, method: str, path: str, body: str) -> None:
-        self.status = status
-        super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
 
 
 @dataclass

@@ -54,6 +54,12 @@ def parse_args(argv: Sequence[str] | None = None, env: dict[str, str] | None = N
         default=int(env.get(ENV_LIVENESS_PORT) or DEFAULT_LIVENESS_PORT),
         help=f"port of the liveness endpoint /healthz; 0 disables it (default {DEFAULT_LIVENESS_PORT})",
     )
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        default=None,
+        help="kopf-style liveness URL (e.g. http://0.0.0.0:8081/healthz); overrides --liveness-host/-port",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.namespaces is None and not args.all_namespaces:
@@ -82,14 +88,14 @@ def liveness_endpoint(host: str, port: int) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    kopf.configure(verbose=args.verbose)
+    kopf.configure(verbose=args.verbose, log_prefix=True)
     if not args.verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_QuietRoutine())
     kopf.run(
         clusterwide=not args.namespaces,
         namespaces=args.namespaces or (),
-        liveness_endpoint=liveness_endpoint(args.liveness_host, args.liveness_port),
+        liveness_endpoint=args.liveness or liveness_endpoint(args.liveness_host, args.liveness_port),
         standalone=True,
     )
     return 0

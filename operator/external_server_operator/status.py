@@ -95,6 +95,8 @@ class CarReport:
 
     state: str
     devices: int
+    #: When the server says the car entered ``state`` (its ``state_since``), if it says.
+    since: str | None = None
 
 
 def _devices(value: Any) -> int:
@@ -111,8 +113,8 @@ def parse_status_document(doc: Any) -> dict[str, CarReport]:
     """Per-car reports from a pod's ``/status`` JSON, tolerating shape variations.
 
     Accepted: ``{"cars": {name: {...}}}`` or ``{"cars": [{"name": ..., ...}]}``; per car
-    ``state`` (or ``status``) and ``devices`` (a list, a map or a count). Anything else
-    is skipped rather than failing the whole document."""
+    ``state`` (or ``status``), ``devices`` (a list, a map or a count) and optionally
+    ``state_since``. Anything else is skipped rather than failing the whole document."""
     if not isinstance(doc, Mapping):
         return {}
     cars = doc.get("cars")
@@ -129,7 +131,12 @@ def parse_status_document(doc: Any) -> dict[str, CarReport]:
             continue
         raw_state = entry.get("state", entry.get("status"))
         state = str(raw_state).upper() if isinstance(raw_state, str) and raw_state else UNKNOWN
-        reports[name] = CarReport(state=state, devices=_devices(entry.get("devices")))
+        since = entry.get("state_since")
+        reports[name] = CarReport(
+            state=state,
+            devices=_devices(entry.get("devices")),
+            since=since if isinstance(since, str) and since else None,
+        )
     return reports
 
 
@@ -142,7 +149,8 @@ def aggregate_car_statuses(
     """Per-car status for every assigned car, in assignment order.
 
     ``reports`` maps a shard to its pod's parsed /status (None or absent: unreachable, so
-    its cars are Unknown). ``since`` is kept while a car's state and shard stay the same."""
+    its cars are Unknown). ``since`` is the server's own ``state_since`` when it reports
+    one, else the first time the operator saw the state (kept while state and shard stay)."""
     before = {c.name: c for c in previous}
     out: list[CarStatus] = []
     for name, shard in assignment.items():
@@ -151,9 +159,12 @@ def aggregate_car_statuses(
         state = report.state if report is not None else UNKNOWN
         devices = report.devices if report is not None else 0
         old = before.get(name)
-        since = (
-            old.since if old is not None and old.state == state and old.shard == shard and old.since else now
-        )
+        if report is not None and report.since:
+            since = report.since
+        elif old is not None and old.state == state and old.shard == shard and old.since:
+            since = old.since
+        else:
+            since = now
         out.append(CarStatus(name=name, shard=shard, state=state, devices=devices, since=since))
     return out
 
@@ -176,6 +187,8 @@ class Observation:
     assignment: Mapping[str, int]
     shards: Sequence[ShardState]
     reports: Mapping[int, Mapping[str, CarReport] | None]
+    #: The API server rejected a child (message), so the spec is only partly applied.
+    apply_error: str | None = None
 
 
 def compute_status(previous: ExternalServerStatus, obs: Observation, now: str) -> ExternalServerStatus:
@@ -203,6 +216,8 @@ def compute_status(previous: ExternalServerStatus, obs: Observation, now: str) -
     if obs.invalid is not None:
         message = "the spec is not applied until it is valid; running shards are left unchanged"
         put(PROGRESSING, "False", "ConfigInvalid", message)
+    elif obs.apply_error is not None:
+        put(PROGRESSING, "False", "ApplyFailed", obs.apply_error)
     elif pending:
         put(PROGRESSING, "True", "RollingOut", f"shards rolling out: {', '.join(pending)}")
     else:

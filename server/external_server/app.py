@@ -21,21 +21,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CollectorRegistry
+
 from .cli import CliOptions
 from .config.models import ModuleSettings, ServerConfig
 from .config.secrets import resolve_module_config
+from .http_api import HttpEndpoint
 from .logging_setup import car_logger
 from .modules import ModuleInitError, ModuleLibrary, ModuleLoadError, build_init_config
 from .runtime import ModuleRuntime
 from .runtime.module_runtime import CommandsHandler
 from .session.car_session import CarSession, SessionTimings
 from .session.link import MqttCarLink
+from .telemetry import ServerMetrics, default_views
 from .transport import BrokerAddress, CarTopics, MqttConnection
 from .transport.tls import client_tls_context
 
 log = logging.getLogger("external_server.app")
 
 CLIENT_ID_ENV = "FLEET_MQTT_CLIENT_ID"
+DEFAULT_HTTP_PORT = 8080
 _SESSION_STOP_TIMEOUT_S = 10.0
 
 
@@ -61,10 +68,21 @@ def default_client_id(config: ServerConfig) -> str:
 class CompanyServer:
     """One company's server process: many cars, one MQTT connection, module contexts per car."""
 
-    def __init__(self, config: ServerConfig, options: CliOptions) -> None:
+    def __init__(
+        self, config: ServerConfig, options: CliOptions, meter_provider: MeterProvider | None = None
+    ) -> None:
         self.config = config
         self.options = options
         self.cars: dict[str, CarUnit] = {}
+        self.sessions: dict[str, CarSession] = {}
+        self.metrics_registry: CollectorRegistry | None = None
+        if meter_provider is None:
+            self.metrics_registry = CollectorRegistry()
+            reader = PrometheusMetricReader(registry=self.metrics_registry)
+            meter_provider = MeterProvider(metric_readers=[reader], views=default_views())
+        self.meter_provider = meter_provider
+        self.metrics = ServerMetrics(config.company_name, meter_provider, self.sessions)
+        self.http: HttpEndpoint | None = None
         self._routes: dict[str, CarSession] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._libraries: dict[Path, ModuleLibrary] = {}
@@ -117,9 +135,13 @@ class CompanyServer:
                 timings=timings,
                 send_invalid_command=self.config.send_invalid_command,
                 logger=car_logger(car),
+                on_status_latency=self.metrics.status_latency_observer(),
             )
             link.on_error = session.on_publish_error
+            for runtime in runtimes:
+                runtime.on_call_duration = self.metrics.module_call_observer(runtime.module_id)
             self.cars[car] = CarUnit(car, session, runtimes)
+            self.sessions[car] = session
             self._routes[topics[car].module_gateway] = session
 
     def _build_car_modules(self, car: str) -> list[ModuleRuntime]:
@@ -183,15 +205,49 @@ class CompanyServer:
         for unit in self.cars.values():
             unit.session.on_broker_state(connected)
 
+    # --- what /readyz and /status report ------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.connection is None:
+            return False, "modules not loaded"
+        if not self.connection.connected:
+            return False, f"not connected to MQTT broker {self.connection.broker}"
+        return True, "broker connected, modules loaded"
+
+    def status_document(self) -> dict[str, object]:
+        broker = self.connection
+        return {
+            "company": self.config.company_name,
+            "broker": {
+                "address": str(broker.broker) if broker else None,
+                "connected": bool(broker and broker.connected),
+            },
+            "unrouted_messages": self.unrouted_messages,
+            "cars": {car: session.snapshot() for car, session in self.sessions.items()},
+        }
+
     # --- serving and stopping -----------------------------------------------------
 
     def request_stop(self) -> None:
         self._stop_requested.set()
 
+    async def start_http(self) -> int:
+        """Bind the HTTP endpoint; an OSError (port in use) is a startup error for the caller."""
+        port = DEFAULT_HTTP_PORT if self.options.http_port is None else self.options.http_port
+        self.http = HttpEndpoint(self, self.options.http_host, port, self.metrics_registry)
+        return await self.http.start()
+
     async def serve(self) -> None:
         """Run until :meth:`request_stop`; then stop everything in order."""
         assert self.connection is not None
         loop = asyncio.get_running_loop()
+        if self.http is None:
+            try:
+                await self.start_http()
+            except OSError as exc:
+                raise StartupError(
+                    f"HTTP endpoint cannot listen on {self.options.http_host}:{self.options.http_port}: {exc}"
+                ) from exc
         transport_task = asyncio.create_task(self.connection.run(), name="mqtt-connection")
         session_tasks: list[asyncio.Task[None]] = []
         for unit in self.cars.values():
@@ -215,6 +271,8 @@ class CompanyServer:
                 for task in pending:
                     task.cancel()
             await self.connection.stop(transport_task)
+            if self.http is not None:
+                await self.http.stop()
             await loop.run_in_executor(None, self._stop_modules)
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
@@ -257,5 +315,11 @@ def run(config: ServerConfig, options: CliOptions) -> int:
         log.error("Startup failed: %s", exc)
         print(f"Startup failed: {exc}", file=sys.stderr)
         return 1
-    asyncio.run(_serve(server))
+    try:
+        asyncio.run(_serve(server))
+    except StartupError as exc:
+        log.error("Startup failed: %s", exc)
+        print(f"Startup failed: {exc}", file=sys.stderr)
+        server._stop_modules()
+        return 1
     return 0

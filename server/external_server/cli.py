@@ -55,7 +55,8 @@ class CliOptions:
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
-    http_port: int | None = None  # None: the server's default
+    http_port: int | None = None  # None: the server's default (8080); 0 picks a free port
+    http_host: str = "0.0.0.0"  # all interfaces: Kubernetes probes reach the pod IP
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,7 +84,14 @@ def _parser() -> _Parser:
     parser.add_argument("--ca", type=Path, help="CA certificate file (with --tls)")
     parser.add_argument("--cert", type=Path, help="PEM client certificate (with --tls)")
     parser.add_argument("--key", type=Path, help="PEM private key of the client certificate (with --tls)")
-    parser.add_argument("--http-port", type=_port, help="port of the status/health HTTP endpoint")
+    parser.add_argument(
+        "--http-port",
+        type=_port,
+        help="port of the /healthz /readyz /status /metrics endpoint (default 8080, 0 = any)",
+    )
+    parser.add_argument(
+        "--http-host", default="0.0.0.0", help="address the HTTP endpoint binds (default 0.0.0.0)"
+    )
     return parser
 
 
@@ -102,6 +110,7 @@ def parse_args(argv: Sequence[str] | None = None) -> CliOptions:
         cert=args.cert,
         key=args.key,
         http_port=args.http_port,
+        http_host=args.http_host,
     )
 
 

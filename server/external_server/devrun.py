@@ -68,7 +68,25 @@ def main(argv: list[str] | None = None) -> int:
         f"broker {host}:{port}; server config {run_config}; simulating car(s) {cars}; Ctrl-C to stop",
         flush=True,
     )
-    children.append(subprocess.Popen([python, "-m", "external_server", "-c", run_config]))
+    http_port = free_port()
+    print(
+        f"server status: http://127.0.0.1:{http_port}/status  metrics: http://127.0.0.1:{http_port}/metrics"
+    )
+    children.append(
+        subprocess.Popen(
+            [
+                python,
+                "-m",
+                "external_server",
+                "-c",
+                run_config,
+                "--http-host",
+                "127.0.0.1",
+                "--http-port",
+                str(http_port),
+            ]
+        )
+    )
     time.sleep(1.0)
     children.append(
         subprocess.Popen(

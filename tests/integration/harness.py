@@ -24,6 +24,7 @@ from external_server.config.loading import load_config
 from external_server.device import Device
 from external_server.session.car_session import CarSession
 from external_server.session.state import CarState
+from opentelemetry.sdk.metrics import MeterProvider
 from support.example_module import EXAMPLE_SO, command_file_content, counters, drop_command_file
 
 COMPANY = "company_x"
@@ -113,6 +114,7 @@ async def start_server(
     broker_port: int,
     cars: tuple[str, ...] = ("car_a",),
     module_config: Mapping[str, Any] | None = None,
+    meter_provider: MeterProvider | None = None,
     **options: Any,
 ) -> ServerUnderTest:
     """Build and serve a server for ``cars`` (each with its own example-module context and command dir)."""
@@ -129,7 +131,9 @@ async def start_server(
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(document))
     config = load_config(config_path)
-    server = CompanyServer(config, CliOptions(config_path=config_path))
+    server = CompanyServer(
+        config, CliOptions(config_path=config_path, http_host="127.0.0.1", http_port=0), meter_provider
+    )
     server.build()
     task = asyncio.create_task(server.serve(), name="server-under-test")
     assert server.connection is not None

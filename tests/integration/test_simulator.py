@@ -7,6 +7,7 @@ first command round on the server topics, and can be told to misbehave.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -16,6 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from external_server.device import Device
@@ -26,17 +28,21 @@ from external_server.simulator import (
     GatewayConfig,
     GatewayState,
     GatewayTimings,
+    JsonStatusData,
+    LatencySummary,
     SharedConnection,
     SimulatedGateway,
     create_car_clients,
     make_devices,
+    new_session_id,
+    running_gateway,
 )
+from external_server.simulator.cli import main as cli_main
+from external_server.simulator.cli import parse_broker
 from external_server.transport import BrokerAddress, CarTopics
 from external_server.wire import ExternalProtocol_pb2 as ext
 from external_server.wire import InternalProtocol_pb2 as internal
 from mosquitto_broker import MosquittoBroker
-
-pytestmark = pytest.mark.broker
 
 COMPANY = "test_company"
 FAST = GatewayTimings(
@@ -152,21 +158,14 @@ async def fake_server(mosquitto: MosquittoBroker) -> AsyncIterator[FakeServer]:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(
-    broker: BrokerAddress, car: str = "car_a", **options: object
+async def gateway_for(
+    broker: BrokerAddress, car: str = "car_a", **options: Any
 ) -> AsyncIterator[SimulatedGateway]:
-    """A started gateway on its own connection; closed (and disconnected) on exit."""
-    settings: dict[str, object] = {"devices": make_devices(1), "rate_hz": 20.0, "timings": FAST}
+    """``running_gateway`` with test defaults: one device, 20 statuses/s, short timers."""
+    settings: dict[str, Any] = {"devices": make_devices(1), "rate_hz": 20.0, "timings": FAST}
     settings.update(options)
-    connection = SharedConnection(broker)
-    gateway = SimulatedGateway(connection, GatewayConfig(company=COMPANY, car=car, **settings))
-    await connection.start()
-    gateway.start()
-    try:
+    async with running_gateway(broker, GatewayConfig(company=COMPANY, car=car, **settings)) as gateway:
         yield gateway
-    finally:
-        await gateway.close(drain=False)
-        await connection.stop()
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:  # noqa: ASYNC109
@@ -182,10 +181,11 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> boo
 # ---- gateway behaviour ---------------------------------------------------------------
 
 
+@pytest.mark.broker
 async def test_connect_sequence_completes_and_latency_is_recorded(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
-    async with running_gateway(mosquitto.address, devices=make_devices(2), max_statuses=10) as gateway:
+    async with gateway_for(mosquitto.address, devices=make_devices(2), max_statuses=10) as gateway:
         assert await gateway.wait_connected(10)
         stats = await asyncio.wait_for(gateway.start(), 10)
     car = fake_server.cars["car_a"]
@@ -198,9 +198,16 @@ async def test_connect_sequence_completes_and_latency_is_recorded(
     assert [s.deviceState for s in first] == [ext.Status.CONNECTING, ext.Status.CONNECTING]
     assert [s.messageCounter for s in first] == [1, 2]
     assert [s.deviceStatus.device.deviceRole for s in first] == ["device_0", "device_1"]
-    normal = car.statuses[2:]
+    normal = car.statuses[2:12]
     assert [s.messageCounter for s in normal] == list(range(3, 13))
     assert {s.deviceState for s in normal} == {ext.Status.RUNNING}
+    # End of the run: every device unplugged, so a real server ends the session at once.
+    farewell = car.statuses[12:]
+    assert [(s.deviceState, s.messageCounter) for s in farewell] == [
+        (ext.Status.DISCONNECT, 13),
+        (ext.Status.DISCONNECT, 14),
+    ]
+    assert [s.deviceStatus.device.deviceRole for s in farewell] == ["device_0", "device_1"]
     assert json.loads(normal[0].deviceStatus.statusData)["car"] == "car_a"
     assert [(r.messageCounter, r.type) for r in car.command_responses] == [(0, 0), (1, 0)]
     assert stats.sessions == 1 and stats.connect_attempts == 1
@@ -211,10 +218,22 @@ async def test_connect_sequence_completes_and_latency_is_recorded(
     assert gateway.state is GatewayState.STOPPED
 
 
+@pytest.mark.broker
+async def test_keep_sessions_sends_no_disconnect_at_the_end(
+    mosquitto: MosquittoBroker, fake_server: FakeServer
+) -> None:
+    async with gateway_for(mosquitto.address, max_statuses=3, disconnect_at_end=False) as gateway:
+        stats = await asyncio.wait_for(gateway.start(), 10)
+    assert stats.statuses_answered == 3
+    assert gateway.final_state is GatewayState.CONNECTED
+    assert ext.Status.DISCONNECT not in {s.deviceState for s in fake_server.cars["car_a"].statuses}
+
+
+@pytest.mark.broker
 async def test_command_in_normal_communication_is_answered(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
-    async with running_gateway(mosquitto.address) as gateway:
+    async with gateway_for(mosquitto.address) as gateway:
         assert await gateway.wait_connected(10)
         counter = fake_server.send_command("car_a", b"drive")
         assert await gateway.wait_until(lambda: any(c.data == b"drive" for c in gateway.commands), 5)
@@ -226,11 +245,12 @@ async def test_command_in_normal_communication_is_answered(
         assert gateway.state is GatewayState.CONNECTED
 
 
+@pytest.mark.broker
 async def test_reconnects_at_once_after_a_disconnect_notification(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
     timings = GatewayTimings(connect_response_timeout_s=2.0, reconnect_delay_s=30.0)
-    async with running_gateway(mosquitto.address, timings=timings) as gateway:
+    async with gateway_for(mosquitto.address, timings=timings) as gateway:
         assert await gateway.wait_connected(10)
         first_session = gateway.session_id
         fake_server.notify_disconnect("car_a")
@@ -241,12 +261,13 @@ async def test_reconnects_at_once_after_a_disconnect_notification(
         assert gateway.stats.notifications == 1
 
 
+@pytest.mark.broker
 async def test_failed_connect_sequence_is_retried_after_the_delay(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
     fake_server.answer_connects = False
     timings = GatewayTimings(connect_response_timeout_s=0.3, reconnect_delay_s=0.5)
-    async with running_gateway(mosquitto.address, timings=timings) as gateway:
+    async with gateway_for(mosquitto.address, timings=timings) as gateway:
         assert await gateway.wait_until(lambda: gateway.stats.connect_failures >= 1, 5)
         assert gateway.state is GatewayState.DISCONNECTED
         fake_server.answer_connects = True
@@ -256,10 +277,11 @@ async def test_failed_connect_sequence_is_retried_after_the_delay(
     assert len({c.sessionId for c in connects}) == len(connects)  # a new session id per attempt
 
 
+@pytest.mark.broker
 async def test_out_of_order_command_counter_drops_the_session(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
-    async with running_gateway(mosquitto.address) as gateway:
+    async with gateway_for(mosquitto.address) as gateway:
         assert await gateway.wait_connected(10)
         # The first command had counter 0, which disables the check for the next one (gateway quirk),
         # so one in-order command first sets a non-zero reference.
@@ -270,10 +292,11 @@ async def test_out_of_order_command_counter_drops_the_session(
         assert gateway.stats.drops["command counter out of order"] == 1
 
 
+@pytest.mark.broker
 async def test_connect_response_in_normal_communication_drops_the_session(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
-    async with running_gateway(mosquitto.address) as gateway:
+    async with gateway_for(mosquitto.address) as gateway:
         assert await gateway.wait_connected(10)
         already = ext.ConnectResponse(sessionId=gateway.session_id, type=ext.ConnectResponse.ALREADY_LOGGED)
         fake_server.send("car_a", ext.ExternalServer(connectResponse=already))
@@ -281,13 +304,14 @@ async def test_connect_response_in_normal_communication_drops_the_session(
         assert gateway.stats.drops["connectResponse in normal communication"] == 1
 
 
+@pytest.mark.broker
 async def test_unanswered_status_times_out_and_reconnects(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
     timings = GatewayTimings(
         connect_response_timeout_s=1.0, status_response_timeout_s=0.5, reconnect_delay_s=0.2
     )
-    async with running_gateway(mosquitto.address, timings=timings, rate_hz=10.0) as gateway:
+    async with gateway_for(mosquitto.address, timings=timings, rate_hz=10.0) as gateway:
         assert await gateway.wait_connected(10)
         fake_server.answer_statuses = False
         assert await gateway.wait_until(lambda: gateway.stats.status_timeouts >= 1, 5)
@@ -296,11 +320,12 @@ async def test_unanswered_status_times_out_and_reconnects(
     assert gateway.stats.drops["status response timeout"] >= 1
 
 
+@pytest.mark.broker
 async def test_closed_loop_waits_for_each_response(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
     fake_server.response_delay_s = 0.05
-    async with running_gateway(mosquitto.address, closed_loop=True, duration_s=1.5) as gateway:
+    async with gateway_for(mosquitto.address, closed_loop=True, duration_s=1.5) as gateway:
         stats = await asyncio.wait_for(gateway.start(), 10)
     assert stats.sessions == 1
     # At most one status in flight: about one status per 50 ms after the connect sequence.
@@ -309,11 +334,12 @@ async def test_closed_loop_waits_for_each_response(
     assert min(stats.latencies_s) >= 0.045
 
 
+@pytest.mark.broker
 async def test_open_loop_keeps_its_rate_regardless_of_responses(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
     fake_server.response_delay_s = 0.2
-    async with running_gateway(mosquitto.address, rate_hz=50.0, duration_s=1.5) as gateway:
+    async with gateway_for(mosquitto.address, rate_hz=50.0, duration_s=1.5) as gateway:
         assert await gateway.wait_connected(10)
         assert await gateway.wait_until(lambda: gateway.unanswered_statuses > 3, 5)  # many in flight at once
         stats = await asyncio.wait_for(gateway.start(), 10)
@@ -323,18 +349,20 @@ async def test_open_loop_keeps_its_rate_regardless_of_responses(
     assert stats.statuses_answered == stats.statuses_sent  # the drain waited for the delayed answers
 
 
+@pytest.mark.broker
 async def test_count_bound_stops_after_exactly_n_statuses(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
-    async with running_gateway(mosquitto.address, closed_loop=True, max_statuses=25) as gateway:
+    async with gateway_for(mosquitto.address, closed_loop=True, max_statuses=25) as gateway:
         stats = await asyncio.wait_for(gateway.start(), 10)
     assert stats.statuses_sent == stats.statuses_answered == 25
     assert len([s for s in fake_server.cars["car_a"].statuses if s.deviceState == ext.Status.RUNNING]) == 25
 
 
+@pytest.mark.broker
 async def test_device_disconnect_and_reconnect(mosquitto: MosquittoBroker, fake_server: FakeServer) -> None:
     devices = make_devices(2)
-    async with running_gateway(mosquitto.address, devices=devices, rate_hz=20.0) as gateway:
+    async with gateway_for(mosquitto.address, devices=devices, rate_hz=20.0) as gateway:
         assert await gateway.wait_connected(10)
         assert await gateway.disconnect_device(devices[1])
         statuses = fake_server.cars["car_a"].statuses
@@ -354,10 +382,11 @@ async def test_device_disconnect_and_reconnect(mosquitto: MosquittoBroker, fake_
         assert gateway.state is GatewayState.CONNECTED and gateway.stats.sessions == 1
 
 
+@pytest.mark.broker
 async def test_broker_restart_drops_and_reconnects(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
-    async with running_gateway(mosquitto.address) as gateway:
+    async with gateway_for(mosquitto.address) as gateway:
         assert await gateway.wait_connected(10)
         mosquitto.stop()
         assert await gateway.wait_until(lambda: gateway.state is not GatewayState.CONNECTED, 5)
@@ -369,6 +398,7 @@ async def test_broker_restart_drops_and_reconnects(
 # ---- car client ----------------------------------------------------------------------
 
 
+@pytest.mark.broker
 async def test_car_client_scripts_the_car_side(mosquitto: MosquittoBroker, fake_server: FakeServer) -> None:
     device = Device(1000, 0, "device_0", "device_0")
     async with CarClient(mosquitto.address, COMPANY, "car_a") as client:
@@ -393,6 +423,7 @@ async def test_car_client_scripts_the_car_side(mosquitto: MosquittoBroker, fake_
         assert not await client.receive_disconnect_notification(0.2)
 
 
+@pytest.mark.broker
 async def test_car_clients_share_a_connection_and_route_by_topic(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
@@ -413,6 +444,7 @@ async def test_car_clients_share_a_connection_and_route_by_topic(
 # ---- fleet ---------------------------------------------------------------------------
 
 
+@pytest.mark.broker
 async def test_fleet_on_shared_connections_summarises(
     mosquitto: MosquittoBroker, fake_server: FakeServer
 ) -> None:
@@ -470,6 +502,7 @@ async def _finish(process: asyncio.subprocess.Process, timeout_s: float) -> tupl
     return process.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.broker
 async def test_cli_bounded_run_writes_a_summary(
     mosquitto: MosquittoBroker, fake_server: FakeServer, tmp_path: Path
 ) -> None:
@@ -503,6 +536,7 @@ async def test_cli_bounded_run_writes_a_summary(
     assert data["totals"]["statuses_answered"] > 0
 
 
+@pytest.mark.broker
 async def test_cli_live_mode_and_ctrl_c(mosquitto: MosquittoBroker, fake_server: FakeServer) -> None:
     process = await asyncio.create_subprocess_exec(
         *_cli(
@@ -535,6 +569,7 @@ async def test_cli_live_mode_and_ctrl_c(mosquitto: MosquittoBroker, fake_server:
     assert fake_server.cars["car_c"].connects
 
 
+@pytest.mark.broker
 async def test_cli_fails_a_bounded_run_without_a_server(mosquitto: MosquittoBroker) -> None:
     process = await asyncio.create_subprocess_exec(
         *_cli(
@@ -548,3 +583,62 @@ async def test_cli_fails_a_bounded_run_without_a_server(mosquitto: MosquittoBrok
     assert code == 1
     assert "never completed a connect sequence" in err
     assert "ALL" in out
+
+
+# ---- pure pieces (no broker) ---------------------------------------------------------
+
+
+def test_latency_summary_uses_nearest_rank_percentiles() -> None:
+    summary = LatencySummary.from_samples([i / 1000.0 for i in range(1000, 0, -1)])
+    assert summary.count == 1000
+    assert (summary.p50_ms, summary.p90_ms, summary.p99_ms, summary.p999_ms) == pytest.approx(
+        (500, 900, 990, 999)
+    )
+    assert summary.max_ms == pytest.approx(1000) and summary.mean_ms == pytest.approx(500.5)
+    empty = LatencySummary.from_samples([])
+    assert empty.count == 0 and empty.p50_ms is None
+
+
+def test_json_status_data_is_padded_to_the_requested_size() -> None:
+    device = Device(1000, 0, "device_0", "device_0")
+    plain = JsonStatusData("car_a")(device, 7)
+    assert json.loads(plain) == {"car": "car_a", "device": "device_0", "seq": 7}
+    padded = JsonStatusData("car_a", size=300)(device, 7)
+    assert len(padded) == 300 and json.loads(padded)["seq"] == 7
+    assert JsonStatusData("car_a", size=5)(device, 7) == plain
+
+
+def test_session_ids_look_like_the_gateways() -> None:
+    ids = {new_session_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(len(i) == 8 and i.isascii() and i.isalnum() for i in ids)
+
+
+def test_gateway_config_is_validated() -> None:
+    device = Device(1000, 0, "r")
+    with pytest.raises(ValueError, match="at least one device"):
+        GatewayConfig(company="c", car="v", devices=())
+    with pytest.raises(ValueError, match="must differ"):
+        GatewayConfig(company="c", car="v", devices=(device, Device(1000, 0, "r", "other name")))
+    with pytest.raises(ValueError, match="rate_hz"):
+        GatewayConfig(company="c", car="v", devices=(device,), rate_hz=0)
+    GatewayConfig(company="c", car="v", devices=(device,), rate_hz=0, closed_loop=True)
+    with pytest.raises(ValueError, match="invalid company or car name"):
+        FleetConfig(broker=BrokerAddress("127.0.0.1", 1883), company="c", cars=("a/b",))
+
+
+def test_broker_addresses_parse() -> None:
+    assert parse_broker("127.0.0.1:1884") == BrokerAddress("127.0.0.1", 1884)
+    assert parse_broker("[::1]:1885") == BrokerAddress("::1", 1885)
+    assert parse_broker("localhost") == BrokerAddress("localhost", 1883)
+    for bad in ("host:port", ":1883", "h:0", "h:70000"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_broker(bad)
+
+
+def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--car-count", "0"], ["--tls"], ["--cars", "a", "--car-count", "2"], ["--rate", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(argv)
+        assert exit_info.value.code == 2
+    assert "--tls needs --ca, --cert and --key" in capsys.readouterr().err

@@ -8,8 +8,6 @@ import sys
 from typing import Any
 
 import pytest
-from operator_fixtures import OWNER, spec, spec_dict
-
 from external_server_operator.models import ExternalServerSpec
 from external_server_operator.render import (
     CHECKSUM_ANNOTATION,
@@ -26,6 +24,7 @@ from external_server_operator.render import (
     shard_of,
 )
 from external_server_operator.settings import DEFAULT_IMAGE, Settings
+from operator_fixtures import OWNER, spec, spec_dict
 
 SETTINGS = Settings(image="example.org/fleet-external-server:1.2.3")
 VERSIONS = {"acme-api": "100", "car-b-io": "200"}
@@ -48,7 +47,10 @@ def test_shard_of_is_a_fixed_function_of_the_name() -> None:
 
 
 def test_shard_of_does_not_depend_on_python_hash_seed() -> None:
-    code = "from external_server_operator.render import shard_of; print([shard_of(f'c{i}', 5) for i in range(50)])"
+    code = (
+        "from external_server_operator.render import shard_of\n"
+        "print([shard_of(f'c{i}', 5) for i in range(50)])"
+    )
     outputs = {
         subprocess.run(
             [sys.executable, "-c", code],
@@ -129,7 +131,9 @@ def test_secret_env_names_are_valid_and_distinct() -> None:
 
 def test_config_text_is_deterministic() -> None:
     s = spec()
-    assert config_text(render_server_config(s, s.cars)) == config_text(render_server_config(spec(), spec().cars))
+    assert config_text(render_server_config(s, s.cars)) == config_text(
+        render_server_config(spec(), spec().cars)
+    )
     json.loads(config_text(render_server_config(s, s.cars)))
 
 
@@ -138,7 +142,10 @@ def test_config_text_is_deterministic() -> None:
 
 def test_children_per_shard() -> None:
     children = render_children(OWNER, spec(shards=2), VERSIONS, SETTINGS)
-    assert [cm["metadata"]["name"] for cm in children.configmaps] == ["acme-shard-0-config", "acme-shard-1-config"]
+    assert [cm["metadata"]["name"] for cm in children.configmaps] == [
+        "acme-shard-0-config",
+        "acme-shard-1-config",
+    ]
     assert [d["metadata"]["name"] for d in children.deployments] == ["acme-shard-0", "acme-shard-1"]
     assert children.service["metadata"]["name"] == "acme"
     assert children.assignment == {"car_a": 1, "car_b": 0, "car_c": 1}
@@ -277,7 +284,9 @@ def test_pod_knobs() -> None:
     assert c["resources"] == {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": 128}}
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["nodeSelector"] == {"fleet": "yes"}
-    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "fleet", "effect": "NoSchedule"}]
+    assert pod["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "fleet", "effect": "NoSchedule"}
+    ]
     assert pod["terminationGracePeriodSeconds"] == 60
     plain = render_children(OWNER, spec(), {}, SETTINGS).deployments[0]
     assert "resources" not in _container(plain)
@@ -286,7 +295,10 @@ def test_pod_knobs() -> None:
 
 def test_service_selects_all_shards() -> None:
     svc = render_children(OWNER, spec(shards=3), {}, SETTINGS).service
-    assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "external-server", "app.kubernetes.io/instance": "acme"}
+    assert svc["spec"]["selector"] == {
+        "app.kubernetes.io/name": "external-server",
+        "app.kubernetes.io/instance": "acme",
+    }
     assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
 
 

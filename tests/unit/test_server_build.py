@@ -7,11 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.example_module import build_example
-
 from external_server.app import CompanyServer, StartupError
 from external_server.cli import CliOptions
 from external_server.config.loading import load_config
+from support.example_module import build_example
 
 
 def _config(tmp_path: Path, lib_path: Path, module_key: str = "1000") -> Path:
@@ -70,5 +69,5 @@ def test_item_17_library_disappearing_after_validation(tmp_path: Path, example_c
     config = load_config(path)
     example_copy.unlink()
     server = CompanyServer(config, CliOptions(config_path=path))
-    with pytest.raises(StartupError, match="libexample_copy.so"):
+    with pytest.raises(StartupError, match=r"libexample_copy\.so"):
         server.build()

@@ -4,7 +4,7 @@
 #
 #   export KUBEBUILDER_ASSETS=$(tools/envtest/ensure.sh)
 #
-# The build (tools/envtest/build.sh, ~5-10 min cold) logs to stderr and to
+# The build (tools/envtest/build.sh, about 3 min cold on 2 cores, apt included) logs to stderr and to
 # <cache>/build.log. Afterwards the Go build cache (~1.4 GB) is deleted when it is larger
 # than FLEET_ENVTEST_GOCACHE_MAX_MB (default 200); set it to 0 to always delete, or
 # FLEET_ENVTEST_KEEP_GOCACHE=1 to keep it. The unpacked sources are deleted too unless

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ class QueuedCommand:
 
 
 CommandsHandler = Callable[[list[QueuedCommand]], None]
+CallDurationObserver = Callable[[str, float], None]
+"""Called on the calling thread with (function name, seconds) after every serialized call."""
 
 
 class ModuleRuntime:
@@ -67,6 +70,7 @@ class ModuleRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.wait_errors = 0
         self.pop_errors = 0
+        self.on_call_duration: CallDurationObserver | None = None
 
     @property
     def context(self) -> ModuleContext:
@@ -79,26 +83,29 @@ class ModuleRuntime:
 
     # --- serialized calls -------------------------------------------------
 
-    async def call(self, function: Callable[[ModuleContext], T]) -> T:
-        """Run ``function(context)`` on the pool, holding the context lock."""
+    async def call(self, name: str, function: Callable[[ModuleContext], T]) -> T:
+        """Run ``function(context)`` on the pool, holding the context lock; ``name`` labels its timing."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._locked, function)
+        return await loop.run_in_executor(self._executor, self._locked, name, function)
 
-    def call_blocking(self, function: Callable[[ModuleContext], T]) -> T:
-        """Same as :meth:`call` for code that already runs off the loop (startup, stop)."""
-        return self._locked(function)
-
-    def _locked(self, function: Callable[[ModuleContext], T]) -> T:
+    def _locked(self, name: str, function: Callable[[ModuleContext], T]) -> T:
         with self._lock:
             if self._destroyed:
                 raise RuntimeError(f"module {self.module_id} context already destroyed")
-            return function(self._context)
+            started = time.perf_counter()
+            try:
+                return function(self._context)
+            finally:
+                if self.on_call_duration is not None:
+                    self.on_call_duration(name, time.perf_counter() - started)
 
     async def is_device_type_supported(self, device_type: int) -> bool:
         """Cached per type: support is taken to be constant for a context's lifetime."""
         known = self._supported_types.get(device_type)
         if known is None:
-            known = await self.call(lambda context: context.is_device_type_supported(device_type))
+            known = await self.call(
+                "is_device_type_supported", lambda context: context.is_device_type_supported(device_type)
+            )
             self._supported_types[device_type] = known
         return known
 

@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from ..device import Device
 from ..modules.abi import CONTEXT_INCORRECT, DISCONNECT_ANNOUNCED, DISCONNECT_TIMEOUT, NOT_OK, OK
@@ -87,6 +88,12 @@ _Event = _CarMessage | _CommandsAvailable | _BrokerState | _PublishFailed | _Sto
 StatusLatencyObserver = Callable[[float], None]
 
 
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
 class CarSession:
     """Runs connect sequence → normal communication → clean-up → pause D, forever, for one car."""
 
@@ -121,6 +128,7 @@ class CarSession:
         self._command_queues: dict[int, deque[QueuedCommand]] = {
             module_id: deque() for module_id in self._modules
         }
+        self._connecting: Counter[int] = Counter()  # device_connected calls in flight, per module
         self.registry = DeviceRegistry()
         self.status_checker: StatusOrderChecker[StatusMessage] = StatusOrderChecker(
             timings.response_timeout_s
@@ -131,6 +139,28 @@ class CarSession:
         self.stats = SessionStats()
         self._session_deadline: float | None = None
         self._overflow_logged = False
+
+    def snapshot(self) -> dict[str, object]:
+        """What /status shows for this car: plain JSON-ready data."""
+        return {
+            "state": self.state.value,
+            "session_id": self.session_id,
+            "devices": [
+                {"module": d.module, "type": d.device_type, "role": d.role, "name": d.name}
+                for d in self.registry.devices()
+            ],
+            "last_message_at": _iso(self.stats.last_message_at),
+            "state_since": _iso(self.stats.state_since),
+            "sessions_started": self.stats.sessions_started,
+            "messages_in": dict(self.stats.messages_in),
+            "messages_out": dict(self.stats.messages_out),
+            "invalid_messages": dict(self.stats.invalid_messages),
+            "ignored": dict(self.stats.ignored),
+            "module_errors": dict(self.stats.module_errors),
+            "dropped_overflow": self.stats.dropped_overflow,
+            "resets": dict(self.stats.resets),
+            "pending_commands": len(self.command_tracker),
+        }
 
     # --- inputs from the transport and the module threads (all on the loop) ---
 
@@ -159,10 +189,11 @@ class CarSession:
     def on_module_commands(self, module_id: int, batch: list[QueuedCommand]) -> None:
         """A batch from a module's waiting thread (§5.7): queue it, signal if a device is registered."""
         queue = self._command_queues[module_id]
-        if not self.registry.has_module(module_id):
+        active = self.registry.has_module(module_id) or self._connecting[module_id] > 0
+        if not active:
             batch = batch[-1:]  # without a registered device only the newest command is kept
         queue.extend(batch)
-        if self.registry.has_module(module_id):
+        if active:
             self._post(_CommandsAvailable(module_id))
 
     def request_stop(self) -> None:
@@ -331,9 +362,19 @@ class CarSession:
         self._publish(messages.connect_response(self.session_id), "connect_response")
 
     async def _connect_device(self, runtime: ModuleRuntime, device: Device) -> bool:
-        """``device_connected`` then registration; the module's stale commands go on its first device."""
-        first_of_module = not self.registry.has_module(device.module)
-        rc = await runtime.call(lambda context: context.device_connected(device))
+        """``device_connected`` then registration; the module's stale commands go on its first device.
+
+        Stale = queued before ``device_connected`` was called (produced while no device of the
+        module was connected). A command the module produces *during* the call (e.g. a greeting
+        for the new device) may reach the loop before the call returns and is kept.
+        """
+        queue = self._command_queues[device.module]
+        stale = len(queue) if not self.registry.has_module(device.module) else 0
+        self._connecting[device.module] += 1
+        try:
+            rc = await runtime.call("device_connected", lambda context: context.device_connected(device))
+        finally:
+            self._connecting[device.module] -= 1
         if rc != OK:
             self.stats.module_errors["device_connected"] += 1
             self._log.error(
@@ -341,11 +382,10 @@ class CarSession:
             )
             return False
         self.registry.register(device)
-        if first_of_module:
-            stale = self._command_queues[device.module]
-            if stale:
-                self._log.info("Discarding %d stale command(s) of module %d.", len(stale), device.module)
-                stale.clear()
+        if stale:
+            self._log.info("Discarding %d stale command(s) of module %d.", stale, device.module)
+            for _ in range(stale):
+                queue.popleft()
         self._log.info("Device %s connected.", device)
         return True
 
@@ -639,7 +679,7 @@ class CarSession:
             error_rc = context.forward_error_message(error, device) if error else OK
             return status_rc, error_rc
 
-        status_rc, error_rc = await runtime.call(forward)
+        status_rc, error_rc = await runtime.call("forward_status", forward)
         if status_rc != OK:
             self.stats.module_errors["forward_status"] += 1
             self._log.error(
@@ -652,7 +692,7 @@ class CarSession:
             )
 
     async def _command_ack(self, runtime: ModuleRuntime, data: bytes, device: Device) -> None:
-        rc = await runtime.call(lambda context: context.command_ack(data, device))
+        rc = await runtime.call("command_ack", lambda context: context.command_ack(data, device))
         if rc != OK:
             self.stats.module_errors["command_ack"] += 1
             self._log.error("command_ack of module %d failed for %s: %d.", device.module, device, rc)
@@ -660,7 +700,9 @@ class CarSession:
     async def _device_disconnected(
         self, runtime: ModuleRuntime, disconnect_type: int, device: Device
     ) -> None:
-        rc = await runtime.call(lambda context: context.device_disconnected(disconnect_type, device))
+        rc = await runtime.call(
+            "device_disconnected", lambda context: context.device_disconnected(disconnect_type, device)
+        )
         self._log_device_disconnected(rc, device)
 
     def _log_device_disconnected(self, rc: int, device: Device) -> None:

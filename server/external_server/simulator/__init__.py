@@ -13,7 +13,7 @@ deployment smoke tests. Layers, from low to high:
 from .car_client import CarClient, CarClientGroup, UnexpectedMessageError, create_car_clients
 from .config import GatewayConfig, GatewayTimings, JsonStatusData, make_devices
 from .connection import SharedConnection
-from .fleet import Fleet, FleetConfig, car_names
+from .fleet import Fleet, FleetConfig, car_names, running_gateway
 from .gateway import GatewayState, ReceivedCommand, SimulatedGateway
 from .messages import new_session_id
 from .stats import GatewayStats, LatencySummary
@@ -40,4 +40,5 @@ __all__ = [
     "create_car_clients",
     "make_devices",
     "new_session_id",
+    "running_gateway",
 ]

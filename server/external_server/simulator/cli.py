@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--connect-timeout", type=float, default=5.0, help="per read in the connect sequence")
     parser.add_argument("--status-timeout", type=float, default=30.0, help="status response timeout")
     parser.add_argument("--reconnect-delay", type=float, default=10.0, help="after a failed connect sequence")
+    parser.add_argument(
+        "--keep-sessions",
+        action="store_true",
+        help="at the end, do not unplug the devices (DISCONNECT); the server then keeps the sessions "
+        "until its session timeout, like for a gateway that is switched off",
+    )
     parser.add_argument("--json", type=Path, help="write the summary as JSON to this file")
     parser.add_argument(
         "--per-car", action="store_true", help="per-car rows in the table even for big fleets"
@@ -120,6 +126,7 @@ def _fleet_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             cars_per_connection=args.cars_per_connection,
             stagger_s=args.stagger,
             status_size=args.status_size,
+            disconnect_at_end=not args.keep_sessions,
             timings=GatewayTimings(
                 connect_response_timeout_s=args.connect_timeout,
                 status_response_timeout_s=args.status_timeout,

@@ -65,6 +65,10 @@ class GatewayConfig:
     timings: GatewayTimings = field(default_factory=GatewayTimings)
     status_data: StatusDataFactory | None = None
     keep_commands: int = 10_000
+    disconnect_at_end: bool = True
+    """When the run ends in normal communication, send DISCONNECT for every device so the server
+    ends the session at once; a real gateway switched off leaves that to the server's session
+    timeout, and the next run would then wait out the reset (protocol.md §4.15 #6)."""
 
     def __post_init__(self) -> None:
         if not self.devices:

@@ -23,6 +23,15 @@ StateListener = Callable[[bool], None]
 ErrorHandler = Callable[[Exception], None]
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+_MQTT_LOGGER = logging.getLogger("external_server.simulator.mqtt")
+
+
+def _not_a_backlog_warning(record: logging.LogRecord) -> bool:
+    """aiomqtt warns when over 10 publishes await their PUBACK; a load generator does that on purpose."""
+    return not str(record.msg).startswith("There are %d pending publish calls")
+
+
+_MQTT_LOGGER.getChild("client").addFilter(_not_a_backlog_warning)
 
 
 def unique_client_id(prefix: str) -> str:
@@ -88,7 +97,7 @@ class SharedConnection:
                 on_message=self._dispatch,
                 on_state=self._state_changed,
                 tls_context=self._tls_context,
-                logger=self._log.getChild(self.client_id),
+                logger=_MQTT_LOGGER,
             )
             self._task = asyncio.get_running_loop().create_task(
                 self._mqtt.run(), name=f"mqtt:{self.client_id}"

@@ -8,11 +8,12 @@ Starts are simultaneous (a connect storm) or spread over ``stagger_s``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -51,6 +52,7 @@ class FleetConfig:
     cars_per_connection: int = 1
     stagger_s: float = 0.0
     status_size: int = 0
+    disconnect_at_end: bool = True
     timings: GatewayTimings = field(default_factory=GatewayTimings)
     tls_context: ssl.SSLContext | None = None
 
@@ -64,6 +66,16 @@ class FleetConfig:
             raise ValueError("cars_per_connection must be >= 1")
         if self.stagger_s < 0:
             raise ValueError("stagger_s must be >= 0")
+        if self.devices_per_car < 1:
+            raise ValueError("devices_per_car must be >= 1")
+        if not self.closed_loop and self.rate_hz <= 0:
+            raise ValueError("rate_hz must be > 0 in open-loop mode")
+        for name in ("duration_s", "statuses_per_car"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.status_size < 0:
+            raise ValueError("status_size must be >= 0")
 
     @property
     def mode(self) -> str:
@@ -111,6 +123,7 @@ class Fleet:
                 start_delay_s=config.stagger_s * index / count,
                 timings=config.timings,
                 status_data=JsonStatusData(car, config.status_size),
+                disconnect_at_end=config.disconnect_at_end,
             )
             self.gateways.append(SimulatedGateway(self.connections[-1], gateway_config))
         self._tasks: list[asyncio.Task[GatewayStats]] = []
@@ -206,6 +219,24 @@ class Fleet:
     def _mark_finished(self) -> None:
         if self._finished is None and self._started:
             self._finished = time.monotonic()
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    broker: BrokerAddress, config: GatewayConfig, *, tls_context: ssl.SSLContext | None = None
+) -> AsyncIterator[SimulatedGateway]:
+    """One started gateway on its own connection (like a real car); stopped and disconnected on exit."""
+    connection = SharedConnection(
+        broker, client_id=unique_client_id(f"fleetsim-{config.company}-{config.car}"), tls_context=tls_context
+    )
+    gateway = SimulatedGateway(connection, config)
+    await connection.start()
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.close(drain=False)
+        await connection.stop()
 
 
 def _cpu_times() -> tuple[float, float]:

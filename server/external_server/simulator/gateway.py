@@ -92,11 +92,13 @@ class SimulatedGateway:
         self._devices: list[Device] = list(config.devices)
         self._announce: set[tuple[int, int, str]] = set()
         self._state = GatewayState.IDLE
+        self._final_state: GatewayState | None = None
         self._session_id = ""
         self._status_counter = 0
         self._last_command_counter = 0
         self._pending: dict[int, float] = {}
         self._waiters: dict[int, asyncio.Future[bool]] = {}
+        self._farewells: set[int] = set()
         self._inbox: deque[_Event] = deque()
         self._wakeup = asyncio.Event()
         self._changed = asyncio.Event()
@@ -123,6 +125,11 @@ class SimulatedGateway:
     @property
     def state(self) -> GatewayState:
         return self._state
+
+    @property
+    def final_state(self) -> GatewayState | None:
+        """The state the run ended in (CONNECTED = still in normal communication); None while running."""
+        return self._final_state
 
     @property
     def session_id(self) -> str:
@@ -216,8 +223,8 @@ class SimulatedGateway:
         if any(known.same_device(device) for known in self._devices):
             return
         self._devices.append(device)
-        if self._state is GatewayState.CONNECTED:
-            self._announce.add(device.key)
+        if self._state in (GatewayState.CONNECTED, GatewayState.CONNECTING_SEQUENCE):
+            self._announce.add(device.key)  # not in the current Connect: announce it with its first status
         self._wake()
 
     # ---- main loop -------------------------------------------------------------
@@ -235,6 +242,7 @@ class SimulatedGateway:
                     await self._normal_communication()
         finally:
             self._release_waiters()
+            self._final_state = self._state
             self._set_state(GatewayState.STOPPED)
         return self.stats
 
@@ -272,6 +280,7 @@ class SimulatedGateway:
         self.stats.connect_attempts += 1
         self._inbox.clear()  # nothing received before our Connect can belong to the new session
         self._pending.clear()
+        self._farewells.clear()
         self._announce.clear()
         session_id = messages.new_session_id()
         self._session_id = session_id
@@ -398,6 +407,8 @@ class SimulatedGateway:
             if sending and self._finishing():
                 sending = False
                 drain_deadline = now + (self._timings.drain_timeout_s if self._drain_on_stop else 0.0)
+                if self.config.disconnect_at_end and self._drain_on_stop and not self._unplug_all():
+                    return
             if not sending and (not self._pending or now >= drain_deadline):
                 return
             oldest = next(iter(self._pending.values()), None)
@@ -420,6 +431,8 @@ class SimulatedGateway:
             event = await self._next_event(deadline)
             if event is None:
                 continue
+            if not sending and self._farewells and event.kind is _Kind.NOTIFICATION:
+                return  # the server ended the session because we unplugged everything: done
             reason = self._handle(event, session_id, epoch)
             if reason is not None:
                 self._drop(reason)
@@ -459,6 +472,9 @@ class SimulatedGateway:
         if response.sessionId != session_id:
             return "statusResponse with another session id"
         sent = self._pending.pop(response.messageCounter, None)
+        if sent is not None and response.messageCounter in self._farewells:
+            self._farewells.discard(response.messageCounter)
+            return None
         if sent is None:
             self._log.info(
                 "%s: statusResponse for counter %d, not pending.", self.car, response.messageCounter
@@ -474,11 +490,21 @@ class SimulatedGateway:
             return "no device connected"
         return None
 
+    def _unplug_all(self) -> bool:
+        """End of run: a DISCONNECT status per device so the server closes the session now (not counted)."""
+        for device in self._devices:
+            counter = self._send_status(device, ext.Status.DISCONNECT, counted=False)
+            if counter is None:
+                return False
+            self._farewells.add(counter)
+        return True
+
     def _drop(self, reason: str) -> None:
         """Leave normal communication; reconnect with the next status (no 10 s delay, §4.15)."""
         loop = asyncio.get_running_loop()
         self.stats.drops[reason] += 1
         self._pending.clear()
+        self._farewells.clear()
         self._release_waiters()
         self._reconnect_at = max(loop.time(), self._next_status_at)
         self._log.info("%s: dropped session %s (%s).", self.car, self._session_id, reason)
@@ -492,7 +518,12 @@ class SimulatedGateway:
         return device
 
     def _send_status(
-        self, device: Device, state: ext.Status.DeviceState | None, *, in_sequence: bool = False
+        self,
+        device: Device,
+        state: ext.Status.DeviceState | None,
+        *,
+        in_sequence: bool = False,
+        counted: bool = True,
     ) -> int | None:
         """Publish the next status of ``device`` (RUNNING, or CONNECTING when newly plugged); its counter."""
         if state is None:
@@ -510,9 +541,10 @@ class SimulatedGateway:
             return None
         if in_sequence:
             self.stats.connecting_statuses_sent += 1
-        else:
+            return counter
+        if counted:
             self.stats.statuses_sent += 1
-            self._pending[counter] = sent_at
+        self._pending[counter] = sent_at
         return counter
 
     def _answer_command(self, command: ext.Command, response: ext.CommandResponse.Type, at: float) -> bool:

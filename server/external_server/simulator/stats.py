@@ -24,7 +24,7 @@ def percentile(sorted_samples: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of already sorted samples (``q`` in 0..100); NaN when empty."""
     if not sorted_samples:
         return math.nan
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_samples)))
+    rank = max(1, math.ceil(q * len(sorted_samples) / 100.0 - 1e-9))  # epsilon: 99.9 % of 1000 is rank 999
     return sorted_samples[min(rank, len(sorted_samples)) - 1]
 
 

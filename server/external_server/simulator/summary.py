@@ -41,6 +41,7 @@ class CarSummary:
 
     car: str
     state: str
+    """Current state, or the one the run ended in (``connected`` = in normal communication at the end)."""
     session_id: str
     sessions: int
     connect_attempts: int
@@ -63,7 +64,7 @@ class CarSummary:
         stats = gateway.stats
         return cls(
             car=gateway.car,
-            state=gateway.state.value,
+            state=(gateway.final_state or gateway.state).value,
             session_id=gateway.session_id,
             sessions=stats.sessions,
             connect_attempts=stats.connect_attempts,

@@ -190,7 +190,7 @@ class MqttConnection:
             on_error(PublishError(str(exc)))
 
     def _new_client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.broker.host,
             self.broker.port,
             identifier=self._client_id,
@@ -203,6 +203,9 @@ class MqttConnection:
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             logger=self._log.getChild("client"),
         )
+        # Many cars publish at once by design; aiomqtt would warn above 10 pending calls.
+        client.pending_calls_threshold = max(1000, self._max_inflight * 2)
+        return client
 
     async def _subscribe_all(self, client: aiomqtt.Client) -> None:
         for start in range(0, len(self._subscriptions), _SUBSCRIBE_CHUNK):

@@ -1,0 +1,72 @@
+"""CPU, memory and thread figures of a process from ``/proc`` (Linux only)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcSample:
+    """One reading of a process: CPU seconds so far (user+system), memory and threads."""
+
+    at: float
+    cpu_s: float
+    rss_kb: int
+    hwm_kb: int
+    threads: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as handle:
+        text = handle.read()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # fields 14 and 15 of proc(5)
+
+
+def status_fields(pid: int) -> dict[str, str]:
+    """``/proc/<pid>/status`` as a dict (values stripped)."""
+    result: dict[str, str] = {}
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            result[key] = value.strip()
+    return result
+
+
+def _kb(value: str | None) -> int:
+    return int(value.split()[0]) if value else 0
+
+
+def sample(pid: int) -> ProcSample | None:
+    """A reading of ``pid``, or None when it is gone."""
+    try:
+        cpu = cpu_seconds(pid)
+        fields = status_fields(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+    return ProcSample(
+        at=time.monotonic(),
+        cpu_s=cpu,
+        rss_kb=_kb(fields.get("VmRSS")),
+        hwm_kb=_kb(fields.get("VmHWM")),
+        threads=int(fields.get("Threads", "0")),
+    )
+
+
+def cpu_percent(first: ProcSample | None, last: ProcSample | None) -> float | None:
+    """CPU between two readings as a percentage of one core."""
+    if first is None or last is None or last.at <= first.at:
+        return None
+    return 100.0 * (last.cpu_s - first.cpu_s) / (last.at - first.at)
+
+
+def self_cpu_seconds() -> float:
+    """CPU seconds of the calling process (all threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
