@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import plot, report
 from .broker import Broker
-from .scenarios import FULL, QUICK, SCENARIOS, Run, holds, with_beyond
+from .scenarios import FULL, QUICK, SCENARIOS, Run, holds, keeps_up, with_beyond
 from .server import EXAMPLE_SO, ROOT
 
 log = logging.getLogger("bench")
@@ -109,7 +109,7 @@ def _report(run: Run, out: Path, stamp: str, mode: str, chosen: Sequence[str], e
     memory = report.memory_per_car(run.results, run.idle_rss_kb)
     verdicts = report.verdicts(run.results, memory)
     lines = [f"bench ({mode}, scenarios {','.join(chosen)}): {elapsed:.0f} s", "", report.tables(run.results)]
-    ramp = report.ramp_summary(run.results, run.matrix.lag_ms, holds)
+    ramp = report.ramp_summary(run.results, run.matrix.lag_ms, holds, keeps_up)
     if ramp:
         lines += ["", ramp]
     if memory or run.idle_rss_kb:

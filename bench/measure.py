@@ -13,13 +13,14 @@ from typing import Any
 
 from external_server.simulator.stats import LatencySummary
 
-from . import procstat
+from . import procstat, promtext
 from .broker import Broker
 from .server import COMPANY, WAITING_STATES, ServerProcess, abnormal, reset_counts
 from .simgroup import WorkerGroup
 from .worker import WorkerSpec
 
 log = logging.getLogger("bench")
+_AFTER_SCRAPE_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,8 @@ class StepResult:
     threads: int | None = None
     broker_cpu: float | None = None
     sim_cpu: list[float] = field(default_factory=list)
+    server_latency: dict[str, float | None] = field(default_factory=dict)
+    """The server's own status→StatusResponse histogram over the window (bucket upper bounds)."""
     resets: dict[str, int] = field(default_factory=dict)
     server_alive: bool = True
     error: str | None = None
@@ -132,6 +135,7 @@ class StepResult:
                 "abnormal_resets": self.abnormal_resets,
                 "alive": self.server_alive,
             },
+            "server_measured_latency_ms": self.server_latency,
             "broker_cpu_percent": self.broker_cpu,
             "simulator_cpu_percent": {"per_process": self.sim_cpu, "total": self.sim_cpu_total},
             "error": self.error,
@@ -212,6 +216,8 @@ async def _drive(
         _memory(result, at_connected)
         return
     await asyncio.sleep(plan.warmup_s)
+    histogram_start = await _histogram(server)
+    await asyncio.sleep(_AFTER_SCRAPE_S)  # the scrape's own load must not fall into the window
     server_start, broker_start = procstat.sample(server.pid), _broker_sample(broker)
     await group.command("mark", "marked")
     await asyncio.sleep(plan.window_s)
@@ -220,6 +226,14 @@ async def _drive(
     result.server_cpu = procstat.cpu_percent(server_start, server_end)
     result.broker_cpu = procstat.cpu_percent(broker_start, broker_end)
     _memory(result, server_end)
+    histogram_end = await _histogram(server)
+    if histogram_start is not None and histogram_end is not None:
+        result.server_latency = promtext.summary(promtext.delta(histogram_start, histogram_end))
+
+
+async def _histogram(server: ServerProcess) -> promtext.Buckets | None:
+    text = await asyncio.to_thread(server.metrics)
+    return None if text is None else promtext.status_latency_buckets(text)
 
 
 def _broker_sample(broker: Broker) -> procstat.ProcSample | None:

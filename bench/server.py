@@ -136,6 +136,14 @@ class ServerProcess:
         document: dict[str, Any] = json.loads(body)
         return document
 
+    def metrics(self, timeout_s: float = 20.0) -> str | None:
+        """The Prometheus ``/metrics`` text, or None when the server does not answer."""
+        try:
+            code, body = self._get("/metrics", timeout_s)
+        except OSError:
+            return None
+        return body.decode(errors="replace") if code == 200 else None
+
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM, wait, SIGKILL if needed; the exit code."""
         process = self.process

@@ -37,6 +37,11 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
     return False
 
 
+def _spawn(command: list[str]) -> subprocess.Popen[bytes]:
+    """A child in its own session: Ctrl-C reaches only us, and we stop children in order."""
+    return subprocess.Popen(command, start_new_session=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=Path("config/config.json"))
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         host, port = "127.0.0.1", free_port()
         children.append(
-            subprocess.Popen([python, "-m", "external_server.devbroker", "--host", host, "--port", str(port)])
+            _spawn([python, "-m", "external_server.devbroker", "--host", host, "--port", str(port)])
         )
         if not wait_for_port(host, port, 15):
             print("embedded broker did not start", file=sys.stderr)
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         f"server status: http://127.0.0.1:{http_port}/status  metrics: http://127.0.0.1:{http_port}/metrics"
     )
     children.append(
-        subprocess.Popen(
+        _spawn(
             [
                 python,
                 "-m",
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     time.sleep(1.0)
     children.append(
-        subprocess.Popen(
+        _spawn(
             [
                 python,
                 "-m",

@@ -115,6 +115,7 @@ async def start_server(
     cars: tuple[str, ...] = ("car_a",),
     module_config: Mapping[str, Any] | None = None,
     meter_provider: MeterProvider | None = None,
+    car_module_config: Mapping[str, Mapping[str, Any]] | None = None,
     **options: Any,
 ) -> ServerUnderTest:
     """Build and serve a server for ``cars`` (each with its own example-module context and command dir)."""
@@ -125,7 +126,12 @@ async def start_server(
         command_dir.mkdir(exist_ok=True)
         command_dirs[car] = command_dir
         car_modules[car] = {
-            1000: {"command_dir": str(command_dir), "command_dir_poll_ms": 5, **(module_config or {})}
+            1000: {
+                "command_dir": str(command_dir),
+                "command_dir_poll_ms": 5,
+                **(module_config or {}),
+                **(car_module_config or {}).get(car, {}),
+            }
         }
     document = server_config_document(broker_port=broker_port, cars=car_modules, **options)
     config_path = tmp_path / "config.json"

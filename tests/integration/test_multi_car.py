@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from external_server.app import default_client_id
 from external_server.device import Device
 from external_server.modules.context import ModuleContext
 from external_server.session.state import CarState
@@ -193,6 +194,11 @@ async def test_twenty_cars_at_once(mosquitto: MosquittoBroker, tmp_path: Path) -
         assert stats.statuses_answered == stats.statuses_sent, (gateway.car, stats)
         assert stats.status_timeouts == 0, (gateway.car, stats)
         assert stats.commands_received >= 2, (gateway.car, stats)
+    # one MQTT connection for all twenty cars: MQTT 3.1.1 (p2), clean session (c1), keepalive 15 s
+    client_id = default_client_id(server.server.config)
+    connects = [line for line in mosquitto.log_path.read_text().splitlines() if f" as {client_id} " in line]
+    assert len(connects) == 1, connects
+    assert connects[0].endswith("(p2, c1, k15).")
     for car, module in module_counters.items():
         assert module["connects"] >= 2, (car, module)
         assert module["statuses"] >= 22, (car, module)  # 2 first statuses + 20 of normal communication

@@ -100,7 +100,7 @@ async def test_connect_with_other_id_resets_unanswered_and_is_dropped(
         caplog.clear()
         car.send_connect("other", [DEVICE_1])
         await wait_for_reset(server, car)
-        warnings = car_records(caplog, logging.WARNING)
+        warnings = [r for r in car_records(caplog, logging.WARNING) if r.name == "external_server.car"]
         assert [r.getMessage() for r in warnings if "not matching current one" not in r.getMessage()] == []
         assert len(warnings) == 1
         assert "Session reset (new_session)" in warnings[0].getMessage()

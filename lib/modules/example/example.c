@@ -72,6 +72,8 @@ struct example_context {
     long poll_ms;
     struct bytes *reject_roles;
     size_t n_reject_roles;
+    unsigned long forward_delay_ms; /* forward_status sleeps this long: a slow module */
+    int forward_result;             /* forward_status returns this: a failing module */
 
     /* State guarded by lock. */
     struct stored_device *devices;
@@ -288,6 +290,14 @@ static int apply_setting(struct example_context *ctx, const struct key_value *kv
         ctx->poll_ms = (long)number;
         return 0;
     }
+    if (key_is(kv, "forward_delay_ms")) {
+        if (parse_unsigned(value, len, 60000, &number) != 0)
+            return -1;
+        ctx->forward_delay_ms = (unsigned long)number;
+        return 0;
+    }
+    if (key_is(kv, "forward_result"))
+        return parse_int(value, len, &ctx->forward_result);
     if (key_is(kv, "reject_roles")) {
         for (size_t i = 0; i < ctx->n_reject_roles; i++)
             bytes_free(&ctx->reject_roles[i]);
@@ -650,6 +660,11 @@ int forward_status(const struct buffer device_status, const struct device_identi
         return CONTEXT_INCORRECT;
     if (!buffer_valid(&device_status) || !device_valid(&device))
         return NOT_OK;
+    if (ctx->forward_delay_ms > 0) {
+        struct timespec pause = {(time_t)(ctx->forward_delay_ms / 1000), (long)(ctx->forward_delay_ms % 1000) * 1000000L};
+        while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {
+        }
+    }
     pthread_mutex_lock(&ctx->lock);
     ctx->counters.statuses++;
     struct stored_device *stored = find_device(ctx, &device);
@@ -663,7 +678,7 @@ int forward_status(const struct buffer device_status, const struct device_identi
             rc = NOT_OK;
     }
     pthread_mutex_unlock(&ctx->lock);
-    return rc;
+    return rc == OK ? ctx->forward_result : rc;
 }
 
 int forward_error_message(const struct buffer error_msg, const struct device_identification device, void *context)

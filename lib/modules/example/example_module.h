@@ -22,6 +22,10 @@
  *                           wait_for_command() rescans command_dir.
  *   reject_roles            comma-separated roles for which device_connected()
  *                           returns NOT_OK, default "" = none.
+ *   forward_delay_ms        0..60000, default 0: forward_status() sleeps this long
+ *                           first (a slow module, e.g. an unreachable HTTP API).
+ *   forward_result          int, default 0 (OK): forward_status() returns this code
+ *                           after doing its work (a module that reports errors).
  *
  * Command files in command_dir: only names ending in ".cmd" and not starting
  * with "." are read (write a temporary name, then rename() it in). They are
