@@ -31,6 +31,7 @@ from external_server.modules import (
 )
 from external_server.modules.abi import Buffer, DeviceIdentification
 from external_server.modules.convert import Arena
+from support.example_module import build_example, counters, drop_command_file, push
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_SRC = ROOT / "lib" / "modules" / "example"
@@ -41,33 +42,8 @@ BUTTON = Device(1000, 0, "button", "left button")
 LAMP = Device(1000, 0, "lamp", "front lamp")
 
 
-class Counters(ctypes.Structure):
-    """struct example_counters of lib/modules/example/example_module.h."""
-
-    _fields_ = [
-        (name, ctypes.c_uint64)
-        for name in (
-            "statuses",
-            "error_messages",
-            "acks",
-            "connects",
-            "disconnects",
-            "commands_queued",
-            "commands_popped",
-            "bad_command_files",
-            "devices",
-            "queued",
-        )
-    ]
-
-
 def _make(*targets: str) -> None:
-    subprocess.run(
-        ["make", "--no-print-directory", "-C", str(MODULE_SRC), f"OUT={MODULES_OUT}", *targets],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    build_example(*targets)
 
 
 @pytest.fixture(scope="session")
@@ -98,32 +74,6 @@ def make_context(library: ModuleLibrary) -> Iterator[ContextFactory]:
     yield factory
     for context in created:
         context.destroy()
-
-
-def counters(context: ModuleContext) -> Counters:
-    function = context.library.cdll["example_get_counters"]
-    function.argtypes = [ctypes.c_void_p, ctypes.POINTER(Counters)]
-    function.restype = ctypes.c_int
-    out = Counters()
-    assert function(context.pointer, ctypes.byref(out)) == OK
-    return out
-
-
-def push(context: ModuleContext, device: Device, data: bytes) -> int:
-    function = context.library.cdll["example_push_command"]
-    function.argtypes = [ctypes.c_void_p, DeviceIdentification, Buffer]
-    function.restype = ctypes.c_int
-    arena = Arena()
-    return int(function(context.pointer, arena.device(device), arena.buffer(data)))
-
-
-def drop_command_file(directory: Path, name: str, content: bytes) -> Path:
-    """Write under a hidden temporary name, then rename: the module never sees half a file."""
-    temporary = directory / f".{name}.tmp"
-    temporary.write_bytes(content)
-    target = directory / name
-    os.rename(temporary, target)
-    return target
 
 
 # ---- loading and init -------------------------------------------------------

@@ -204,14 +204,22 @@ def serialize(message: Message) -> bytes:
 # --- car side: builders (fleet simulator) ------------------------------------------------
 
 
-def connect(session_id: str, company: str, car: str, devices: Iterable[Device]) -> ext.ExternalClient:
+DeviceLike = Device | internal.Device
+"""Car-side builders take the project's Device or a raw protobuf Device (tests craft odd ones)."""
+
+
+def _device_proto(device: DeviceLike) -> internal.Device:
+    return device.to_proto() if isinstance(device, Device) else device
+
+
+def connect(session_id: str, company: str, car: str, devices: Iterable[DeviceLike]) -> ext.ExternalClient:
     """A Connect listing ``devices`` in order (what the gateway sends first)."""
     return ext.ExternalClient(
         connect=ext.Connect(
             sessionId=session_id,
             company=company,
             vehicleName=car,
-            devices=[device.to_proto() for device in devices],
+            devices=[_device_proto(device) for device in devices],
         )
     )
 
@@ -220,8 +228,8 @@ def status(  # noqa: PLR0917  (mirrors the Status fields in wire order)
     session_id: str,
     state: int,
     counter: int,
-    device: Device,
-    data: bytes,
+    device: DeviceLike,
+    data: bytes = b"",
     error_message: bytes | None = None,
 ) -> ext.ExternalClient:
     """A status; ``error_message=None`` leaves the optional field absent, ``b""`` sets it empty."""
@@ -229,7 +237,7 @@ def status(  # noqa: PLR0917  (mirrors the Status fields in wire order)
         sessionId=session_id,
         deviceState=cast("ext.Status.DeviceState", int(state)),
         messageCounter=counter,
-        deviceStatus=internal.DeviceStatus(device=device.to_proto(), statusData=bytes(data)),
+        deviceStatus=internal.DeviceStatus(device=_device_proto(device), statusData=bytes(data)),
     )
     if error_message is not None:
         message.errorMessage = bytes(error_message)
