@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storm-sizes", help="(d) comma-separated car counts instead of the matrix's")
     parser.add_argument("--lag-ms", type=float, help="(b) p99 above this means responses lag (default 100)")
     parser.add_argument(
+        "--module-wait-ms",
+        type=int,
+        help="timeout_ms of module 1000 in the server config: how often each car's waiting thread "
+        "wakes up (default 1000, as config/config.json)",
+    )
+    parser.add_argument(
         "--max-minutes", type=float, help="stop the whole run after this long (default 3 quick, 45 full)"
     )
     return parser
@@ -84,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         matrix = replace(matrix, fleet_sizes=sizes)
     if sizes := _counts(args.storm_sizes):
         matrix = replace(matrix, storm_sizes=sizes)
+    if args.module_wait_ms:
+        matrix = replace(matrix, module_wait_ms=args.module_wait_ms)
     if args.lag_ms:
         matrix = replace(matrix, lag_ms=args.lag_ms)
     budget_s = 60.0 * (args.max_minutes or (3.0 if args.quick else 45.0))

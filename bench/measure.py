@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ class StepResult:
     threads: int | None = None
     broker_cpu: float | None = None
     sim_cpu: list[float] = field(default_factory=list)
+    threads_cpu: procstat.ThreadSplit | None = None
     server_latency: dict[str, float | None] = field(default_factory=dict)
     """The server's own status→StatusResponse histogram over the window (bucket upper bounds)."""
     resets: dict[str, int] = field(default_factory=dict)
@@ -127,6 +128,7 @@ class StepResult:
             "session_drops_seen_by_cars": self.drops,
             "server": {
                 "cpu_percent": self.server_cpu,
+                "cpu_split_percent": asdict(self.threads_cpu) if self.threads_cpu else None,
                 "rss_configured_kb": self.rss_configured_kb,
                 "rss_kb": self.rss_kb,
                 "vm_hwm_kb": self.hwm_kb,
@@ -219,11 +221,16 @@ async def _drive(
     histogram_start = await _histogram(server)
     await asyncio.sleep(_AFTER_SCRAPE_S)  # the scrape's own load must not fall into the window
     server_start, broker_start = procstat.sample(server.pid), _broker_sample(broker)
+    threads_start = procstat.thread_cpu_seconds(server.pid)
     await group.command("mark", "marked")
     await asyncio.sleep(plan.window_s)
     await group.command("end", "ended")
     server_end, broker_end = procstat.sample(server.pid), _broker_sample(broker)
+    threads_end = procstat.thread_cpu_seconds(server.pid)
     result.server_cpu = procstat.cpu_percent(server_start, server_end)
+    if server_start is not None and server_end is not None:
+        seconds = server_end.at - server_start.at
+        result.threads_cpu = procstat.thread_split(server.pid, threads_start, threads_end, seconds)
     result.broker_cpu = procstat.cpu_percent(broker_start, broker_end)
     _memory(result, server_end)
     histogram_end = await _histogram(server)

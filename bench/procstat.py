@@ -23,10 +23,30 @@ class ProcSample:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as handle:
+    return cpu_seconds_of(f"/proc/{pid}/stat")
+
+
+def cpu_seconds_of(path: str) -> float:
+    """utime + stime from a ``stat`` file of proc(5), in seconds."""
+    with open(path) as handle:
         text = handle.read()
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # fields 14 and 15 of proc(5)
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """utime + stime per thread id of ``pid`` (threads that end in between are skipped)."""
+    result: dict[int, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return result
+    for tid in tids:
+        try:
+            result[int(tid)] = cpu_seconds_of(f"/proc/{pid}/task/{tid}/stat")
+        except (OSError, ValueError, IndexError):
+            continue
+    return result
 
 
 def status_fields(pid: int) -> dict[str, str]:
@@ -70,3 +90,25 @@ def self_cpu_seconds() -> float:
     """CPU seconds of the calling process (all threads)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadSplit:
+    """CPU of a window split between the main thread (the event loop) and all other threads."""
+
+    main_percent: float
+    others_percent: float
+    busiest_other_percent: float
+
+
+def thread_split(
+    pid: int, first: dict[int, float], last: dict[int, float], seconds: float
+) -> ThreadSplit | None:
+    if seconds <= 0 or pid not in first or pid not in last:
+        return None
+    others = [last[tid] - first.get(tid, 0.0) for tid in last if tid != pid]
+    return ThreadSplit(
+        main_percent=100.0 * (last[pid] - first[pid]) / seconds,
+        others_percent=100.0 * sum(others) / seconds,
+        busiest_other_percent=100.0 * max(others, default=0.0) / seconds,
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 from . import procstat
 from .broker import Broker
 from .measure import StepPlan, StepResult, run_step
-from .server import ServerProcess
+from .server import DEFAULT_MODULE_WAIT_MS, ServerProcess
 
 log = logging.getLogger("bench")
 
@@ -36,6 +36,8 @@ class Matrix:
     cars_per_connection: int = 50
     lag_ms: float = 100.0
     """...and its p99 latency stayed under this (otherwise responses lag)."""
+    module_wait_ms: int = DEFAULT_MODULE_WAIT_MS
+    """The module's ``timeout_ms`` in the server config (each car's waiting thread wakes this often)."""
     beyond: tuple[int, ...] = ()
     """Fleet sizes tried after ``fleet_sizes`` while the previous one held."""
 
@@ -67,7 +69,7 @@ class Run:
     live: list[ServerProcess] = field(default_factory=list)
 
     async def server(self, name: str, cars: int) -> ServerProcess:
-        server = ServerProcess(self.workdir, name, self.broker.port, cars)
+        server = ServerProcess(self.workdir, name, self.broker.port, cars, self.matrix.module_wait_ms)
         self.live.append(server)
         ready_s = await asyncio.to_thread(server.start)
         log.info("server %s: %d car(s) ready in %.1f s (pid %d)", name, cars, ready_s, server.pid)

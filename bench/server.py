@@ -29,7 +29,13 @@ def car_names(count: int, first: int = 0) -> list[str]:
     return [f"car_{i}" for i in range(first, first + count)]
 
 
-def config_document(broker_port: int, cars: int, log_dir: Path | None = None) -> dict[str, Any]:
+DEFAULT_MODULE_WAIT_MS = 1000
+"""The module's ``timeout_ms`` (how long each car's waiting thread blocks in ``wait_for_command``)."""
+
+
+def config_document(
+    broker_port: int, cars: int, module_wait_ms: int = DEFAULT_MODULE_WAIT_MS, log_dir: Path | None = None
+) -> dict[str, Any]:
     """A server config for ``cars`` cars sharing the example module 1000 (``echo_every`` 0)."""
     return {
         "company_name": COMPANY,
@@ -46,7 +52,7 @@ def config_document(broker_port: int, cars: int, log_dir: Path | None = None) ->
             str(EXAMPLE_MODULE): {
                 "lib_path": str(EXAMPLE_SO),
                 "config": {"echo_every": 0},
-                "timeout_ms": 1000,
+                "timeout_ms": module_wait_ms,
             }
         },
         "cars": {car: {} for car in car_names(cars)},
@@ -60,8 +66,16 @@ def config_document(broker_port: int, cars: int, log_dir: Path | None = None) ->
 class ServerProcess:
     """Start, query (``/status``) and stop one server process; output goes to ``log_path``."""
 
-    def __init__(self, workdir: Path, name: str, broker_port: int, cars: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        broker_port: int,
+        cars: int,
+        module_wait_ms: int = DEFAULT_MODULE_WAIT_MS,
+    ) -> None:
         self.workdir = workdir
+        self.module_wait_ms = module_wait_ms
         self.name = name
         self.cars = cars
         self.config_path = workdir / f"server-{name}.json"
@@ -84,7 +98,9 @@ class ServerProcess:
         if not EXAMPLE_SO.is_file():
             raise RuntimeError(f"{EXAMPLE_SO} is missing: run `make modules` first")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(json.dumps(config_document(self.broker_port, self.cars)))
+        self.config_path.write_text(
+            json.dumps(config_document(self.broker_port, self.cars, self.module_wait_ms))
+        )
         command = [
             sys.executable,
             "-m",

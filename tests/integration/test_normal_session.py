@@ -115,13 +115,9 @@ async def test_connect_with_other_id_resets_unanswered_and_is_dropped(
         assert session.session_id == "other"
 
 
-@pytest.mark.skip(
-    reason="§8.10 item 169 has no observable equivalent: here every received car message is its own "
-    "event (no separate message FIFO signalled by events), so an 'event without a queued message' "
-    "cannot be produced from outside; protocol.md §4.14 row 16 calls it practically unreachable."
-)
-async def test_event_without_queued_message() -> None:
-    """§8.10 item 169: an event but no queued message → "no message" error (not reproducible, see skip)."""
+# §8.10 item 169 (an event signalled without a queued message) has no equivalent here: every received
+# car message is its own event, so the "no message" error cannot arise (§4.14 row 16: practically
+# unreachable). Its nearest observable behaviour, §4.8.4, is tested in test_normal_statuses.py.
 
 
 async def test_message_of_unknown_type_ignored(
@@ -262,12 +258,6 @@ async def test_broker_loss_resets_session_and_reconnect_works(
         await server.wait_until(lambda: spy.snapshot()["statuses"][-1] == (b"back", DEVICE_1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (log level): protocol.md §4.14 row 8 says a publish failure in normal communication is "
-    "logged at ERROR; CarSession._publish raises SessionReset(PUBLISH_FAILED) with the default WARNING "
-    "level in every phase (only the asynchronous _PublishFailed event path uses ERROR).",
-)
 async def test_publish_failure_in_normal_communication_logged_at_error(
     mosquitto: MosquittoBroker,
     tmp_path: Path,

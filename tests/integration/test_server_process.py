@@ -111,7 +111,7 @@ def test_module_file_disappearing_after_validation(tmp_path: Path) -> None:
     config = load_config(config_path)
     library.unlink()
     server = CompanyServer(config, CliOptions(config_path=config_path, http_host="127.0.0.1", http_port=0))
-    with pytest.raises(StartupError, match="libcopy.so") as raised:
+    with pytest.raises(StartupError, match=r"libcopy\.so") as raised:
         server.build()
     assert "not found" in str(raised.value).lower() or "no such file" in str(raised.value).lower()
 

@@ -113,5 +113,7 @@ def init_context(
     return library.init(build_init_config(company, car, module_config(api_url, **overrides)))
 
 
-def device(module_id: int, device_type: int = 1, role: str = "test_device_1", name: str = "Test_Device_1") -> Device:
+def device(
+    module_id: int, device_type: int = 1, role: str = "test_device_1", name: str = "Test_Device_1"
+) -> Device:
     return Device(module_id, device_type, role, name)

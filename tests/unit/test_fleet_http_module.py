@@ -40,7 +40,7 @@ from support.fleet_http_module import (
     module_config,
     stats,
 )
-from support.http_api_double import FleetHttpApiDouble, UnresponsiveHost, message
+from support.http_api_double import FleetHttpApiDouble, UnresponsiveHost, free_port, message
 
 T_API_S = 1.0
 
@@ -49,7 +49,11 @@ IO_DEVICE = Device(2, 3, "button", "Button")
 TRANSPARENT_DEVICE = Device(3, 1, "test_device_1", "Test_Device_1")
 DEVICES = {1: MISSION_DEVICE, 2: IO_DEVICE, 3: TRANSPARENT_DEVICE}
 
-MISSION_STATUS = {"state": "IDLE", "telemetry": {"speed": 0, "fuel": 1, "position": {"x": 1}}, "nextStop": None}
+MISSION_STATUS = {
+    "state": "IDLE",
+    "telemetry": {"speed": 0, "fuel": 1, "position": {"x": 1}},
+    "nextStop": None,
+}
 IO_STATUS = [[1, 0], [0, 1], {"butPr": 0}]
 TRANSPARENT_STATUS = {"content": "x", "timestamp": 111}
 STATUSES: dict[int, Any] = {1: MISSION_STATUS, 2: IO_STATUS, 3: TRANSPARENT_STATUS}
@@ -108,7 +112,7 @@ def receive(context: ModuleContext, count: int, timeout_s: float = T_API_S + 2) 
     return received
 
 
-# ---- fixtures ---------------------------------------------------------------------------------------
+# ---- fixtures ----------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +160,7 @@ def announce(context: ModuleContext, device: Device | None = None, status: Any =
     wait_until(lambda: stats(context)["primed"] == 1, 3.0, "primed")
 
 
-# ---- §4.1 init ----------------------------------------------------------------------------------------
+# ---- §4.1 init ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("module_id", [1, 2, 3])
@@ -194,7 +198,7 @@ def test_c1_valid_config_and_identity(
 def test_c1_invalid_value_makes_init_return_null(
     libraries: dict[int, ModuleLibrary], module_id: int, override: dict[str, str]
 ) -> None:
-    config = module_config("http://127.0.0.1:8089/v2/protocol", **override)
+    config = {**module_config("http://127.0.0.1:8089/v2/protocol"), **override}
     with pytest.raises(ModuleInitError):
         libraries[module_id].init(build_init_config(COMPANY, "car_a", config))
 
@@ -318,7 +322,7 @@ def test_c1_supported_device_types(
     assert not any(library.is_device_type_supported(t) for t in unsupported)
 
 
-# ---- §4.2 status round trip -----------------------------------------------------------------------------
+# ---- §4.2 status round trip --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("error", [False, True])
@@ -352,7 +356,7 @@ def test_c2_one_message_per_post_and_no_priority(contexts: ContextFactory, api: 
     assert stored[0]["device_id"]["name"] == "Front lamp ü"
 
 
-# ---- §4.3 module rules ----------------------------------------------------------------------------------
+# ---- §4.3 module rules -------------------------------------------------------------------------------------
 
 
 def test_c3_mission_validation(contexts: ContextFactory, api: FleetHttpApiDouble) -> None:
@@ -387,7 +391,7 @@ def test_c3_mission_validation(contexts: ContextFactory, api: FleetHttpApiDouble
 def test_c3_io_array_and_transparent_string(contexts: ContextFactory, api: FleetHttpApiDouble) -> None:
     io = contexts(2, api.base_url)
     transparent = contexts(3, api.base_url)
-    assert io.forward_status(b"[[1,0],[0,1],{\"butPr\":1}]", IO_DEVICE) == OK
+    assert io.forward_status(b'[[1,0],[0,1],{"butPr":1}]', IO_DEVICE) == OK
     assert transparent.forward_status(b'"Status 0"', TRANSPARENT_DEVICE) == OK
     data = [s["payload"]["data"] for s in api.stored("status", COMPANY, "car_a")]
     assert data == [[[1, 0], [0, 1], {"butPr": 1}], "Status 0"]
@@ -404,7 +408,9 @@ def test_c3_scalars_and_non_json_are_not_posted(
     assert api.count("POST /status") == 0
 
 
-def test_c3_transparent_base64_fallback_when_enabled(contexts: ContextFactory, api: FleetHttpApiDouble) -> None:
+def test_c3_transparent_base64_fallback_when_enabled(
+    contexts: ContextFactory, api: FleetHttpApiDouble
+) -> None:
     """§3.9 (optional, off by default): non-JSON status bytes go out as encoding BASE64."""
     context = contexts(3, api.base_url, status_base64_fallback="1")
     assert context.forward_status(b"\x00raw\xff", TRANSPARENT_DEVICE) == OK
@@ -425,7 +431,7 @@ def test_c3_role_breaking_the_api_pattern_is_not_posted(
     assert api.count("POST /status") == 0
 
 
-# ---- §4.4 delivery and order (§3.2 FIFO) -----------------------------------------------------------------
+# ---- §4.4 delivery and order (§3.2 FIFO) -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("module_id", [1, 2, 3])
@@ -443,7 +449,9 @@ def test_c4_delivery_in_fifo_order(contexts: ContextFactory, api: FleetHttpApiDo
     assert time.monotonic() - started < T_API_S + 1
     popped = [context.pop_command() for _ in range(5)]
     assert [p.remaining for p in popped] == [4, 3, 2, 1, 0]
-    assert all(p.device == Device(device.module, device.device_type, device.role, device.name, 0) for p in popped)
+    assert all(
+        p.device == Device(device.module, device.device_type, device.role, device.name, 0) for p in popped
+    )
     expected = [compact(make(i)) for i in range(1, 6)]
     if module_id == 2:
         expected = [f'[{{"outNum":{i},"actType":2}}]'.encode() for i in range(1, 6)]
@@ -470,18 +478,21 @@ def test_c4_command_name_comes_from_the_message(contexts: ContextFactory, api: F
     assert popped.data == b'"x"'
 
 
-# ---- §4.5 no first-poll loss (§3.1 lossless priming) -----------------------------------------------------
+# ---- §4.5 no first-poll loss (§3.1 lossless priming) -------------------------------------------------------
 
 
 def test_c5_command_posted_during_first_wait_is_delivered(
     contexts: ContextFactory, api: FleetHttpApiDouble
 ) -> None:
     """The car is already known (an earlier ES run posted a status); wait right after init."""
-    assert api.post_status(COMPANY, "car_a", [message(3, 1, "test_device_1", "T", {}, message_type="STATUS")])[
-        0
-    ] == 200
+    assert (
+        api.post_status(COMPANY, "car_a", [message(3, 1, "test_device_1", "T", {}, message_type="STATUS")])[0]
+        == 200
+    )
     context = contexts(3, api.base_url)
-    timer = threading.Timer(0.1, api.post_commands, (COMPANY, "car_a", [command_for(TRANSPARENT_DEVICE, "fresh")]))
+    timer = threading.Timer(
+        0.1, api.post_commands, (COMPANY, "car_a", [command_for(TRANSPARENT_DEVICE, "fresh")])
+    )
     timer.start()
     try:
         received = receive(context, 1)
@@ -491,10 +502,7 @@ def test_c5_command_posted_during_first_wait_is_delivered(
 
 
 def test_c5_api_started_after_init(contexts: ContextFactory) -> None:
-    double = FleetHttpApiDouble(t_api_s=T_API_S)
-    with UnresponsiveHost() as reserved:  # a free port for the double, taken only after init
-        port = reserved.port
-    double.port = port
+    double = FleetHttpApiDouble(t_api_s=T_API_S, port=free_port())  # started only after init
     context = contexts(3, double.base_url)
     try:
         assert context.wait_for_command(300) == TIMEOUT_OCCURRED
@@ -514,8 +522,10 @@ def test_c5_api_started_after_init(contexts: ContextFactory) -> None:
         double.close()
 
 
-def test_f1_successful_status_triggers_priming_at_once(contexts: ContextFactory, api: FleetHttpApiDouble) -> None:
-    """Unprimed (car unknown → 404): the snapshot is retried right after a successful status, not 500 ms later."""
+def test_f1_successful_status_triggers_priming_at_once(
+    contexts: ContextFactory, api: FleetHttpApiDouble
+) -> None:
+    """Unprimed (car unknown → 404): the snapshot is retried right after a successful status."""
     context = contexts(3, api.base_url)
     wait_until(lambda: stats(context)["prime_requests"] >= 1, 2.0, "first snapshot attempt")
     time.sleep(0.05)
@@ -535,7 +545,7 @@ def test_f1_unprimed_retries_are_spaced(contexts: ContextFactory, api: FleetHttp
     assert stats(context)["primed"] == 0
 
 
-# ---- §4.6 no stale replay -------------------------------------------------------------------------------
+# ---- §4.6 no stale replay ----------------------------------------------------------------------------------
 
 
 def test_c6_commands_from_before_init_are_never_delivered(
@@ -574,7 +584,7 @@ def test_c6_no_replay_when_api_was_unreachable_at_the_first_poll(
     assert stats(context)["commands_received"] == 1
 
 
-# ---- §4.7 module filtering and car isolation --------------------------------------------------------------
+# ---- §4.7 module filtering and car isolation ---------------------------------------------------------------
 
 
 def test_c7_module_filtering_and_car_isolation(contexts: ContextFactory, api: FleetHttpApiDouble) -> None:
@@ -601,7 +611,7 @@ def test_c7_module_filtering_and_car_isolation(contexts: ContextFactory, api: Fl
     assert stats(transparent)["commands_other"] == 2
 
 
-# ---- §4.8 timeout honoured (§3.3) ----------------------------------------------------------------------
+# ---- §4.8 timeout honoured (§3.3) --------------------------------------------------------------------------
 
 
 def test_c8_wait_for_command_honours_its_timeout(contexts: ContextFactory, api: FleetHttpApiDouble) -> None:
@@ -617,10 +627,14 @@ def test_c8_wait_for_command_honours_its_timeout(contexts: ContextFactory, api: 
     assert time.monotonic() - started < 0.1
 
 
-def test_c8_command_posted_during_a_wait_is_not_lost(contexts: ContextFactory, api: FleetHttpApiDouble) -> None:
+def test_c8_command_posted_during_a_wait_is_not_lost(
+    contexts: ContextFactory, api: FleetHttpApiDouble
+) -> None:
     context = contexts(3, api.base_url)
     announce(context)
-    poster = threading.Timer(0.15, api.post_commands, (COMPANY, "car_a", [command_for(TRANSPARENT_DEVICE, 1)]))
+    poster = threading.Timer(
+        0.15, api.post_commands, (COMPANY, "car_a", [command_for(TRANSPARENT_DEVICE, 1)])
+    )
     poster.start()
     results = [context.wait_for_command(100) for _ in range(3)]
     poster.join()
@@ -669,7 +683,9 @@ def test_c9_api_down_then_back(contexts: ContextFactory, api: FleetHttpApiDouble
     while time.monotonic() - window_started < 3.0:
         assert context.wait_for_command(200) == TIMEOUT_OCCURRED
     after = stats(context)
-    polls = (after["poll_requests"] + after["sweep_requests"]) - (before["poll_requests"] + before["sweep_requests"])
+    polls = (after["poll_requests"] + after["sweep_requests"]) - (
+        before["poll_requests"] + before["sweep_requests"]
+    )
     # §2.6 guard 3/1000/500/220: at most C+1 polls per Dl + C·R = 1.16 s once throttled, C before.
     assert polls <= 3 + 4 * 3, polls
     assert after["guard_delays"] > before["guard_delays"]
@@ -708,9 +724,7 @@ def test_c10_default_status_bound_is_five_seconds(contexts: ContextFactory) -> N
 
 def test_f4_circuit_breaker_opens_and_closes(contexts: ContextFactory) -> None:
     """Connection refused: bounded retries, the breaker opens after 3 failed calls and closes on success."""
-    double = FleetHttpApiDouble(t_api_s=T_API_S)
-    with UnresponsiveHost() as reserved:
-        double.port = reserved.port
+    double = FleetHttpApiDouble(t_api_s=T_API_S, port=free_port())  # not started: connection refused
     context = contexts(3, double.base_url, circuit_breaker_open_ms="400")
     try:
         for _ in range(3):
@@ -733,7 +747,7 @@ def test_f4_circuit_breaker_opens_and_closes(contexts: ContextFactory) -> None:
         double.close()
 
 
-# ---- §4.11 auth ------------------------------------------------------------------------------------------
+# ---- §4.11 auth --------------------------------------------------------------------------------------------
 
 
 def test_c11_wrong_key(contexts: ContextFactory, api: FleetHttpApiDouble) -> None:
@@ -792,7 +806,7 @@ def test_f6_schema_400_is_not_retried(contexts: ContextFactory, api: FleetHttpAp
     assert stats(context)["status_retries"] == 0
 
 
-# ---- §4.13 encoding passthrough -----------------------------------------------------------------------------
+# ---- §4.13 encoding passthrough ----------------------------------------------------------------------------
 
 
 def test_c13_base64_command_is_passed_through(contexts: ContextFactory, api: FleetHttpApiDouble) -> None:
@@ -804,7 +818,7 @@ def test_c13_base64_command_is_passed_through(contexts: ContextFactory, api: Fle
     assert len(popped.data) == 10
 
 
-# ---- §4.14 empty and unknown ---------------------------------------------------------------------------------
+# ---- §4.14 empty and unknown -------------------------------------------------------------------------------
 
 
 def test_c14_empty_queue_unknown_car_unknown_device(
@@ -839,7 +853,7 @@ def test_c14_disconnect_matches_all_fields(contexts: ContextFactory, api: FleetH
     assert len(api.request_log) <= 2  # only the poller's snapshot attempts
 
 
-# ---- §3.5 cursor precision, §3.7 invalid commands ------------------------------------------------------------
+# ---- §3.5 cursor precision, §3.7 invalid commands ----------------------------------------------------------
 
 
 def test_f5_second_post_in_the_same_millisecond_is_delivered(
@@ -859,7 +873,9 @@ def test_f5_second_post_in_the_same_millisecond_is_delivered(
         received = receive(context, 1)
     finally:
         api.unfreeze_clock()
-    assert [(p.data, p.device.role if p.device else "") for p in received] == [(b'"same ms"', "second_device")]
+    assert [(p.data, p.device.role if p.device else "") for p in received] == [
+        (b'"same ms"', "second_device")
+    ]
     stamps = {c["timestamp"] for c in api.stored("command", COMPANY, "car_a")}
     assert len(stamps) == 1
     assert context.wait_for_command(T_API_S * 1000 + 300) == TIMEOUT_OCCURRED  # and nothing twice
@@ -883,7 +899,7 @@ def test_f7_invalid_command_is_skipped_not_fatal(
     assert stats(context)["commands_received"] == 4
 
 
-# ---- §3.8 concurrency through the binding --------------------------------------------------------------------
+# ---- §3.8 concurrency through the binding ------------------------------------------------------------------
 
 
 def test_f8_concurrent_wait_pop_and_statuses(contexts: ContextFactory, api: FleetHttpApiDouble) -> None:

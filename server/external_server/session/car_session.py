@@ -309,7 +309,11 @@ class CarSession:
         try:
             self._link.publish(message.SerializeToString())
         except PublishError as exc:
-            raise SessionReset(ResetReason.PUBLISH_FAILED, f"Publishing to the car failed: {exc}") from exc
+            # §4.14 row 8: WARNING during the connect sequence, ERROR in normal communication.
+            level = logging.ERROR if self.state == CarState.RUNNING else logging.WARNING
+            raise SessionReset(
+                ResetReason.PUBLISH_FAILED, f"Publishing to the car failed: {exc}", level
+            ) from exc
         self.stats.messages_out[kind] += 1
 
     # --- connect sequence (§4.4–§4.7) ------------------------------------------
@@ -632,6 +636,12 @@ class CarSession:
                 response.counter,
                 result.reason.value,
             )
+        else:
+            self._log.info(
+                "Command response with counter %d acknowledged %d command(s).",
+                response.counter,
+                len(result.released),
+            )
         for released in result.released:
             runtime = self._modules.get(released.device.module)
             if runtime is None:
@@ -710,7 +720,7 @@ class CarSession:
             return
         self.stats.module_errors["device_disconnected"] += 1
         if rc == NOT_OK:
-            self._log.warning("Device %s is not among conected devices of its module.", device)
+            self._log.warning("Device %s is not among connected devices of its module.", device)
         elif rc == CONTEXT_INCORRECT:
             self._log.error("device_disconnected for %s: context incorrect.", device)
         else:

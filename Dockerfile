@@ -1,0 +1,91 @@
+# Images of the Fleet Protocol External Server and of its Kubernetes operator.
+#
+#   docker build --target server   -t fleet-external-server:0.1.0 .
+#   docker build --target operator -t fleet-external-server-operator:0.1.0 .
+#
+# (`make image` builds both.) Stages:
+#   modules   compiles every lib/modules/<name>/ that has a Makefile (tools/image/build-modules.sh)
+#             and adds the prebuilt *.so files of EXTRA_MODULES_DIR
+#   wheel     builds the project's wheel (server + operator packages)
+#   operator  slim Python runtime + the wheel with the `operator` extra; entrypoint external-server-operator
+#   server    slim Python runtime + the wheel (no kopf) + the modules; entrypoint external-server
+#
+# Modules live at a fixed path, /opt/external-server/modules/ (MODULES_DIR below): an
+# ExternalServer names them as `library: /opt/external-server/modules/libexample.so`.
+# Bring your own prebuilt modules: drop the .so files into tools/image/extra-modules/, or point
+#   --build-arg EXTRA_MODULES_DIR=<directory inside the build context>
+# at them. A module with sources gets its own lib/modules/<name>/ with a Makefile instead.
+#
+# Both runtime images run as uid/gid 10001 (the operator's server pods set the same ids),
+# write nothing outside /tmp (the root filesystem can be read-only) and log to stdout.
+# tools/image_emulation.sh repeats these build steps without a container engine and
+# tests/unit/test_dockerfile.py checks this file against the chart and the operator.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --- modules: the C modules ---------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS modules
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      gcc libc6-dev make pkg-config libcurl4-openssl-dev libjansson-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY lib/ lib/
+COPY tools/image/build-modules.sh tools/image/build-modules.sh
+ARG EXTRA_MODULES_DIR=tools/image/extra-modules
+COPY ${EXTRA_MODULES_DIR}/ /tmp/extra-modules/
+RUN tools/image/build-modules.sh /out/modules /tmp/extra-modules
+
+# --- wheel: the Python packages -----------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY server/ server/
+COPY operator/ operator/
+RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# --- runtime: what both images share -----------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="fleet-external-server" \
+      org.opencontainers.image.description="Fleet Protocol External Server and its Kubernetes operator" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+RUN groupadd --system --gid 10001 fleet \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin fleet \
+ && python -m venv /opt/venv
+
+# --- operator image ------------------------------------------------------------------------------
+FROM runtime AS operator
+COPY --from=wheel /wheels/ /tmp/wheels/
+RUN set -e; wheel=$(ls /tmp/wheels/fleet_external_server-*.whl); \
+    pip install --no-cache-dir --disable-pip-version-check "${wheel}[operator]"; \
+    rm -rf /tmp/wheels
+USER 10001:10001
+# kopf's liveness endpoint (/healthz).
+EXPOSE 8081
+ENTRYPOINT ["external-server-operator"]
+
+# --- server image (the default target) -------------------------------------------------------------
+FROM runtime AS server
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      libcurl4 libjansson4 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=wheel /wheels/ /tmp/wheels/
+RUN set -e; pip install --no-cache-dir --disable-pip-version-check /tmp/wheels/fleet_external_server-*.whl; \
+    rm -rf /tmp/wheels
+ENV MODULES_DIR=/opt/external-server/modules
+COPY --from=modules /out/modules/ /opt/external-server/modules/
+WORKDIR /opt/external-server
+USER 10001:10001
+# /healthz /readyz /status /metrics
+EXPOSE 8080
+ENTRYPOINT ["external-server"]
+# The config file path the operator mounts (a ConfigMap at /etc/external-server/config.json).
+CMD ["-c", "/etc/external-server/config.json"]
