@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .procstat import pin
+
 HOST = "127.0.0.1"
 _CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -39,7 +41,7 @@ def port_accepts(host: str, port: int) -> bool:
 class Broker:
     """One mosquitto process on ``127.0.0.1:<free port>``; only its own PID is ever signalled."""
 
-    def __init__(self, workdir: Path, binary: str | None = None) -> None:
+    def __init__(self, workdir: Path, binary: str | None = None, cpus: frozenset[int] | None = None) -> None:
         found = binary or find_mosquitto()
         if found is None:
             raise RuntimeError("mosquitto not found (apt-get install mosquitto)")
@@ -50,6 +52,7 @@ class Broker:
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.cpus = cpus
 
     @property
     def pid(self) -> int | None:
@@ -83,6 +86,7 @@ class Broker:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
+        pin(self.process.pid, self.cpus)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from . import plot, report
 from .broker import Broker
-from .scenarios import FULL, QUICK, SCENARIOS, Run, holds, keeps_up, with_beyond
+from .scenarios import FULL, QUICK, SCENARIOS, Run, holds, keeps_up, pinned, with_beyond
 from .server import EXAMPLE_SO, ROOT
 
 log = logging.getLogger("bench")
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="timeout_ms of module 1000 in the server config: how often each car's waiting thread "
         "wakes up (default 1000, as config/config.json)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the server to the first CPU and the broker and simulators to the others",
     )
     parser.add_argument(
         "--max-minutes", type=float, help="stop the whole run after this long (default 3 quick, 45 full)"
@@ -94,11 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         matrix = replace(matrix, module_wait_ms=args.module_wait_ms)
     if args.lag_ms:
         matrix = replace(matrix, lag_ms=args.lag_ms)
+    if args.pin:
+        matrix = pinned(matrix, frozenset(os.sched_getaffinity(0)))
     budget_s = 60.0 * (args.max_minutes or (3.0 if args.quick else 45.0))
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out: Path = args.out.resolve()
     workdir = out / f"logs-{stamp}"
-    broker = Broker(workdir)
+    broker = Broker(workdir, cpus=matrix.load_cpus)
     broker.start()
     run = Run(workdir, broker, matrix)
     started = time.monotonic()
@@ -120,6 +128,10 @@ def _report(run: Run, out: Path, stamp: str, mode: str, chosen: Sequence[str], e
     ramp = report.ramp_summary(run.results, run.matrix.lag_ms, holds, keeps_up)
     if ramp:
         lines += ["", ramp]
+    if noise := report.noise_line([r for r in run.results if r.plan.window_s > 0]):
+        lines += ["", noise]
+    if loops := report.loop_lines(run.results):
+        lines += ["", loops]
     if memory or run.idle_rss_kb:
         lines += ["", report.memory_lines(memory, run.idle_rss_kb)]
     lines += ["", "targets of issue 5:", *(v.line() for v in verdicts)]
@@ -129,6 +141,8 @@ def _report(run: Run, out: Path, stamp: str, mode: str, chosen: Sequence[str], e
     print(text, flush=True)
     document = {
         "mode": mode,
+        "server_cpus": sorted(run.matrix.server_cpus or []),
+        "load_cpus": sorted(run.matrix.load_cpus or []),
         "scenarios": list(chosen),
         "started": stamp,
         "elapsed_s": elapsed,

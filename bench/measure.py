@@ -71,6 +71,9 @@ class StepResult:
     server_latency: dict[str, float | None] = field(default_factory=dict)
     """The server's own status→StatusResponse histogram over the window (bucket upper bounds)."""
     resets: dict[str, int] = field(default_factory=dict)
+    machine_cpu: float | None = None
+    """Busy CPU of the whole machine over the window, % of one core (all CPUs summed)."""
+    load_average: float | None = None
     server_alive: bool = True
     error: str | None = None
     status_tail: dict[str, Any] | None = None
@@ -94,6 +97,14 @@ class StepResult:
     @property
     def sim_cpu_total(self) -> float | None:
         return sum(self.sim_cpu) if self.sim_cpu else None
+
+    @property
+    def foreign_cpu(self) -> float | None:
+        """Machine CPU not used by the server, broker or simulators: other load that disturbs the step."""
+        if self.machine_cpu is None or self.server_cpu is None:
+            return None
+        ours = self.server_cpu + (self.broker_cpu or 0.0) + (self.sim_cpu_total or 0.0)
+        return max(0.0, self.machine_cpu - ours)
 
     def to_dict(self) -> dict[str, Any]:
         plan = self.plan
@@ -139,6 +150,11 @@ class StepResult:
             },
             "server_measured_latency_ms": self.server_latency,
             "broker_cpu_percent": self.broker_cpu,
+            "machine": {
+                "busy_cpu_percent": self.machine_cpu,
+                "other_processes_cpu_percent": self.foreign_cpu,
+                "load_average_1min": self.load_average,
+            },
             "simulator_cpu_percent": {"per_process": self.sim_cpu, "total": self.sim_cpu_total},
             "error": self.error,
             "server_status_on_error": self.status_tail,
@@ -159,7 +175,13 @@ async def settle(server: ServerProcess, timeout_s: float = 30.0) -> bool:
 
 
 async def run_step(
-    plan: StepPlan, server: ServerProcess, broker: Broker, workdir: Path, *, step_timeout_s: float
+    plan: StepPlan,
+    server: ServerProcess,
+    broker: Broker,
+    workdir: Path,
+    *,
+    step_timeout_s: float,
+    cpus: frozenset[int] | None = None,
 ) -> StepResult:
     """Run ``plan`` against a running ``server``; never raises for a failing server or fleet."""
     result = StepResult(plan)
@@ -178,7 +200,7 @@ async def run_step(
         max_runtime_s=step_timeout_s + 30.0,
     )
     name = f"{plan.scenario}-{plan.label}".replace(" ", "_").replace("/", "_")
-    group = WorkerGroup(workdir, name, base, plan.cars_per_worker)
+    group = WorkerGroup(workdir, name, base, plan.cars_per_worker, cpus)
     await settle(server)
     before = reset_counts(await asyncio.to_thread(server.status))
     configured = procstat.sample(server.pid)
@@ -222,15 +244,23 @@ async def _drive(
     await asyncio.sleep(_AFTER_SCRAPE_S)  # the scrape's own load must not fall into the window
     server_start, broker_start = procstat.sample(server.pid), _broker_sample(broker)
     threads_start = procstat.thread_cpu_seconds(server.pid)
+    main_start = procstat.main_thread(server.pid)
+    machine_start = procstat.machine_busy_seconds()
     await group.command("mark", "marked")
     await asyncio.sleep(plan.window_s)
     await group.command("end", "ended")
     server_end, broker_end = procstat.sample(server.pid), _broker_sample(broker)
     threads_end = procstat.thread_cpu_seconds(server.pid)
+    main_end = procstat.main_thread(server.pid)
+    machine_end = procstat.machine_busy_seconds()
+    result.load_average = procstat.load_average()
     result.server_cpu = procstat.cpu_percent(server_start, server_end)
     if server_start is not None and server_end is not None:
         seconds = server_end.at - server_start.at
-        result.threads_cpu = procstat.thread_split(server.pid, threads_start, threads_end, seconds)
+        result.machine_cpu = 100.0 * (machine_end - machine_start) / seconds
+        result.threads_cpu = procstat.thread_split(
+            server.pid, threads_start, threads_end, seconds, (main_start, main_end)
+        )
     result.broker_cpu = procstat.cpu_percent(broker_start, broker_end)
     _memory(result, server_end)
     histogram_end = await _histogram(server)

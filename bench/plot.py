@@ -7,6 +7,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
 from .measure import StepResult
 
@@ -29,6 +30,8 @@ def plot(path: Path, results: Sequence[StepResult]) -> bool:
     left.axhline(50.0, color="red", linewidth=0.8, linestyle=":", label="target p99 50 ms")
     left.set_xscale("log")
     left.set_yscale("log")
+    left.yaxis.set_major_formatter(ScalarFormatter())
+    left.yaxis.set_minor_formatter(NullFormatter())
     left.set_xlabel("cars (1 status/s each)")
     left.set_ylabel("status → StatusResponse latency (ms)")
     left.set_title("Latency vs number of cars")
@@ -44,6 +47,10 @@ def plot(path: Path, results: Sequence[StepResult]) -> bool:
     right.set_title("CPU vs number of cars")
     right.grid(True, which="both", alpha=0.3)
     right.legend()
+    for axis in (left, right):
+        axis.xaxis.set_major_locator(FixedLocator(cars))
+        axis.xaxis.set_minor_locator(NullLocator())
+        axis.xaxis.set_major_formatter(ScalarFormatter())
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

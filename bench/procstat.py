@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -23,19 +24,15 @@ class ProcSample:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` (all its threads), in seconds."""
-    return cpu_seconds_of(f"/proc/{pid}/stat")
-
-
-def cpu_seconds_of(path: str) -> float:
-    """utime + stime from a ``stat`` file of proc(5), in seconds."""
-    with open(path) as handle:
+    with open(f"/proc/{pid}/stat") as handle:
         text = handle.read()
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # fields 14 and 15 of proc(5)
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
-    """utime + stime per thread id of ``pid`` (threads that end in between are skipped)."""
+    """CPU seconds per thread id of ``pid`` from ``schedstat`` (exact run time; the tick-sampled
+    per-thread ``stat`` figures under-count many short-running threads)."""
     result: dict[int, float] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -43,7 +40,8 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
         return result
     for tid in tids:
         try:
-            result[int(tid)] = cpu_seconds_of(f"/proc/{pid}/task/{tid}/stat")
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as handle:
+                result[int(tid)] = int(handle.read().split()[0]) / 1e9
         except (OSError, ValueError, IndexError):
             continue
     return result
@@ -79,6 +77,13 @@ def sample(pid: int) -> ProcSample | None:
     )
 
 
+def pin(pid: int, cpus: frozenset[int] | None) -> None:
+    """Restrict ``pid`` (and the threads it starts afterwards) to ``cpus``; no-op for None."""
+    if cpus:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, cpus)
+
+
 def cpu_percent(first: ProcSample | None, last: ProcSample | None) -> float | None:
     """CPU between two readings as a percentage of one core."""
     if first is None or last is None or last.at <= first.at:
@@ -93,22 +98,87 @@ def self_cpu_seconds() -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class MainThread:
+    """Scheduler counters of a process's main thread (the event loop of an asyncio server)."""
+
+    on_cpu_ns: int
+    runqueue_ns: int
+    voluntary_switches: int
+    involuntary_switches: int
+
+
+def main_thread(pid: int) -> MainThread | None:
+    """``schedstat`` and context switches of the thread ``pid`` of ``pid``."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as handle:
+            on_cpu, runqueue, _ = (int(field) for field in handle.read().split())
+        fields = status_fields(pid)
+        return MainThread(
+            on_cpu,
+            runqueue,
+            int(fields.get("voluntary_ctxt_switches", "0")),
+            int(fields.get("nonvoluntary_ctxt_switches", "0")),
+        )
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class ThreadSplit:
-    """CPU of a window split between the main thread (the event loop) and all other threads."""
+    """A window's CPU split between the main thread (the event loop) and all other threads.
+
+    ``main_waiting_percent`` is the share of wall time the main thread was neither running
+    nor runnable: blocked (in ``epoll_wait`` when idle, or waiting for the GIL).
+    """
 
     main_percent: float
     others_percent: float
     busiest_other_percent: float
+    main_runqueue_percent: float | None = None
+    main_waiting_percent: float | None = None
+    main_voluntary_switches_per_s: float | None = None
+    main_involuntary_switches_per_s: float | None = None
 
 
 def thread_split(
-    pid: int, first: dict[int, float], last: dict[int, float], seconds: float
+    pid: int,
+    first: dict[int, float],
+    last: dict[int, float],
+    seconds: float,
+    main: tuple[MainThread | None, MainThread | None] = (None, None),
 ) -> ThreadSplit | None:
     if seconds <= 0 or pid not in first or pid not in last:
         return None
     others = [last[tid] - first.get(tid, 0.0) for tid in last if tid != pid]
-    return ThreadSplit(
+    split = ThreadSplit(
         main_percent=100.0 * (last[pid] - first[pid]) / seconds,
         others_percent=100.0 * sum(others) / seconds,
         busiest_other_percent=100.0 * max(others, default=0.0) / seconds,
     )
+    before, after = main
+    if before is None or after is None:
+        return split
+    wall_ns = seconds * 1e9
+    on_cpu = 100.0 * (after.on_cpu_ns - before.on_cpu_ns) / wall_ns
+    runqueue = 100.0 * (after.runqueue_ns - before.runqueue_ns) / wall_ns
+    return replace(
+        split,
+        main_runqueue_percent=runqueue,
+        main_waiting_percent=max(0.0, 100.0 - on_cpu - runqueue),
+        main_voluntary_switches_per_s=(after.voluntary_switches - before.voluntary_switches) / seconds,
+        main_involuntary_switches_per_s=(after.involuntary_switches - before.involuntary_switches) / seconds,
+    )
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs of the machine spent busy so far (``/proc/stat``: total - idle - iowait)."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / _CLOCK_TICKS
+
+
+def load_average() -> float:
+    """The 1-minute load average."""
+    with open("/proc/loadavg") as handle:
+        return float(handle.read().split()[0])

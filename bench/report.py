@@ -31,6 +31,7 @@ ROW_COLUMNS = (
     "resets",
     "sim CPU %",
     "broker CPU %",
+    "other CPU %",
 )
 CONNECT_COLUMNS = (
     "scenario",
@@ -92,6 +93,7 @@ def _row(result: StepResult) -> tuple[str, ...]:
         str(result.abnormal_resets + sum(result.drops.values())),
         _num(result.sim_cpu_total),
         _num(result.broker_cpu),
+        _num(result.foreign_cpu),
     )
 
 
@@ -131,6 +133,44 @@ def tables(results: Sequence[StepResult]) -> str:
         parts.append("connect phase (time from start to normal communication, per car):")
         parts.append(render(CONNECT_COLUMNS, [_connect_row(r) for r in fleets]))
     return "\n\n".join(parts)
+
+
+NOISY_CPU_PERCENT = 20.0
+
+
+def noise_line(results: Sequence[StepResult]) -> str | None:
+    """A warning when processes outside the benchmark used the CPUs during measuring windows."""
+    noisy = [r for r in results if (r.foreign_cpu or 0.0) > NOISY_CPU_PERCENT]
+    if not noisy:
+        return None
+    worst = max(noisy, key=lambda r: r.foreign_cpu or 0.0)
+    return (
+        f"WARNING: other processes used the CPUs during {len(noisy)} of {len(results)} step(s) "
+        f"(up to {_num(worst.foreign_cpu, 0)} % of a core in {_scenario_name(worst)}, load average "
+        f"{_num(worst.load_average)}): those figures are disturbed; rerun on a quiet machine."
+    )
+
+
+def loop_lines(results: Sequence[StepResult]) -> str | None:
+    """Where the server's time went, per step: its event-loop thread vs its other threads."""
+    lines = []
+    for result in results:
+        split = result.threads_cpu
+        if split is None or result.plan.scenario not in ("b", "c"):
+            continue
+        lines.append(
+            f"  {_scenario_name(result)}: loop thread on CPU {split.main_percent:.0f} %, runnable "
+            f"{_num(split.main_runqueue_percent, 0)} %, blocked {_num(split.main_waiting_percent, 0)} % "
+            f"({_num(split.main_voluntary_switches_per_s, 0)} voluntary switches/s); other threads "
+            f"{split.others_percent:.0f} % (busiest {split.busiest_other_percent:.1f} %); "
+            f"server-measured p99 {_bound(result.server_latency.get('p99_le_ms'))} ms"
+        )
+    if not lines:
+        return None
+    return (
+        "server threads (event loop = main thread; blocked = epoll idle or waiting for the GIL):\n"
+        + "\n".join(lines)
+    )
 
 
 def memory_per_car(results: Sequence[StepResult], idle_kb: int | None) -> list[dict[str, Any]]:
@@ -218,11 +258,17 @@ def ramp_summary(
     held = [r.plan.rate_hz for r in ramp if holds(r, lag_ms)]
     kept = [r.plan.rate_hz for r in ramp if keeps_up(r)]
     tried = ", ".join(f"{r.plan.rate_hz:g}" for r in ramp)
-    return (
+    text = (
         f"open-loop ramp ({tried} statuses/s): highest rate held without lag (no reset, >= 97 % "
         f"answered, p99 <= {lag_ms:g} ms): {_best(held)}; highest rate kept up (no reset, >= 97 % "
         f"answered, any latency): {_best(kept)}"
     )
+    short = [r for r in ramp if r.sent_per_s < 0.97 * r.plan.rate_hz]
+    if short:
+        text += "; the simulator sent less than asked at " + ", ".join(
+            f"{r.plan.rate_hz:g}/s ({r.sent_per_s:.0f}/s sent)" for r in short
+        )
+    return text
 
 
 def _best(rates: Sequence[float]) -> str:

@@ -38,6 +38,9 @@ class Matrix:
     """...and its p99 latency stayed under this (otherwise responses lag)."""
     module_wait_ms: int = DEFAULT_MODULE_WAIT_MS
     """The module's ``timeout_ms`` in the server config (each car's waiting thread wakes this often)."""
+    server_cpus: frozenset[int] | None = None
+    """With ``--pin``: the CPUs of the server; the broker and the simulators get ``load_cpus``."""
+    load_cpus: frozenset[int] | None = None
     beyond: tuple[int, ...] = ()
     """Fleet sizes tried after ``fleet_sizes`` while the previous one held."""
 
@@ -69,7 +72,9 @@ class Run:
     live: list[ServerProcess] = field(default_factory=list)
 
     async def server(self, name: str, cars: int) -> ServerProcess:
-        server = ServerProcess(self.workdir, name, self.broker.port, cars, self.matrix.module_wait_ms)
+        server = ServerProcess(
+            self.workdir, name, self.broker.port, cars, self.matrix.module_wait_ms, self.matrix.server_cpus
+        )
         self.live.append(server)
         ready_s = await asyncio.to_thread(server.start)
         log.info("server %s: %d car(s) ready in %.1f s (pid %d)", name, cars, ready_s, server.pid)
@@ -77,7 +82,9 @@ class Run:
 
     async def step(self, plan: StepPlan, server: ServerProcess) -> StepResult:
         budget = plan.warmup_s + plan.window_s + plan.connect_wait_s + 90.0
-        result = await run_step(plan, server, self.broker, self.workdir, step_timeout_s=budget)
+        result = await run_step(
+            plan, server, self.broker, self.workdir, step_timeout_s=budget, cpus=self.matrix.load_cpus
+        )
         self.results.append(result)
         log.info("%s", _one_line(result))
         return result
@@ -243,3 +250,11 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
 
 def with_beyond(matrix: Matrix) -> Matrix:
     return replace(matrix, beyond=BEYOND)
+
+
+def pinned(matrix: Matrix, cpus: frozenset[int]) -> Matrix:
+    """The server alone on the first CPU, the load (broker, simulators) on the others."""
+    ordered = sorted(cpus)
+    if len(ordered) < 2:
+        return matrix
+    return replace(matrix, server_cpus=frozenset(ordered[:1]), load_cpus=frozenset(ordered[1:]))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .broker import free_port
+from .procstat import pin
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_SO = ROOT / "build" / "modules" / "libexample.so"
@@ -73,8 +74,10 @@ class ServerProcess:
         broker_port: int,
         cars: int,
         module_wait_ms: int = DEFAULT_MODULE_WAIT_MS,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.cpus = cpus
         self.module_wait_ms = module_wait_ms
         self.name = name
         self.cars = cars
@@ -117,6 +120,7 @@ class ServerProcess:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT
             )
+        pin(self.process.pid, self.cpus)  # before its threads start: they inherit it
         while time.monotonic() - started < timeout_s:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}: {self.log_tail()}")

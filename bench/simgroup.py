@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .procstat import pin
 from .server import ROOT
 from .worker import WorkerSpec
 
@@ -56,6 +57,7 @@ class WorkerGroup:
     name: str
     base: WorkerSpec
     cars_per_worker: int = 500
+    cpus: frozenset[int] | None = None
     workers: list[_Worker] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
 
@@ -96,6 +98,7 @@ class WorkerGroup:
                     cwd=ROOT,
                     env=env,
                 )
+            pin(process.pid, self.cpus)
             worker = _Worker(spec, process, log_path)
             self.workers.append(worker)
             await worker.send(spec.to_json())

@@ -33,7 +33,7 @@ COMPANY = "company_x"
 def server_config_document(
     *,
     broker_port: int,
-    cars: Mapping[str, Mapping[str, Any]],
+    cars: Mapping[str, Mapping[int, Mapping[str, Any]]],
     response_timeout_s: float = 1.0,
     session_timeout_s: float = 3.0,
     reconnect_delay_s: float = 0.1,

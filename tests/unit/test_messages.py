@@ -295,3 +295,11 @@ def test_status_round_trip(
 def test_command_round_trip(session: str, counter: int, device: Device, data: bytes) -> None:
     parsed = m.parse_server_message(m.serialize(m.command(session, counter, device, data)))
     assert parsed == m.CommandMessage(session, counter, device, data, ext.ExternalServer())
+
+
+def test_invalid_payloads_carry_a_low_cardinality_category() -> None:
+    """Counters are keyed by category, never by the free-text reason (which names sizes)."""
+    oversized = m.parse_client_message(b"\x00" * 2048, max_size=1024)
+    garbage = m.parse_client_message(b"\xff\xff\xff")
+    assert oversized.kind == m.MessageKind.INVALID and oversized.category == "oversized"
+    assert garbage.kind == m.MessageKind.INVALID and garbage.category == "malformed"

@@ -103,6 +103,7 @@ struct fh_context {
     int consecutive_failures;
     int64_t breaker_until;
     struct fh_logstate status_log;
+    struct fh_logstate reject_log;
 
     /* Poller thread only. */
     CURL *poll_handle;
@@ -660,7 +661,9 @@ static int send_status(struct fh_context *ctx, const char *body)
 
 static int reject(struct fh_context *ctx, const char *what, const char *why)
 {
-    fh_log(ctx->cfg.company, ctx->cfg.car, "%s not forwarded: %s", what, why);
+    char message[400];
+    snprintf(message, sizeof message, "%s not forwarded: %s", what, why);
+    fh_log_event(&ctx->reject_log, ctx->cfg.company, ctx->cfg.car, message, NULL);
     stat_add(ctx, &ctx->stats.status_rejected, 1);
     return NOT_OK;
 }

@@ -147,6 +147,8 @@ class InvalidMessage:
 
     reason: str
     size: int
+    category: str = "malformed"
+    """Low-cardinality label for counters: ``malformed``, ``oversized`` or ``not_bytes``."""
     kind: Literal[MessageKind.INVALID] = field(default=MessageKind.INVALID, init=False)
 
 
@@ -261,10 +263,12 @@ def command_response(session_id: str, type: int, counter: int) -> ext.ExternalCl
 def _decode(message: Message, payload: object, max_size: int) -> InvalidMessage | None:
     """Fill ``message`` from ``payload``; an InvalidMessage instead of any exception."""
     if not isinstance(payload, bytes | bytearray | memoryview):
-        return InvalidMessage(f"payload of type {type(payload).__name__} is not bytes", 0)
+        return InvalidMessage(f"payload of type {type(payload).__name__} is not bytes", 0, "not_bytes")
     size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
     if size > max_size:
-        return InvalidMessage(f"payload of {size} bytes exceeds the limit of {max_size} bytes", size)
+        return InvalidMessage(
+            f"payload of {size} bytes exceeds the limit of {max_size} bytes", size, "oversized"
+        )
     try:
         message.ParseFromString(bytes(payload))
     except Exception as error:  # DecodeError, and anything else a broken payload may provoke

@@ -295,7 +295,7 @@ class CarSession:
     def _parse(self, event: _CarMessage) -> ParsedMessage | None:
         parsed = messages.parse_client_message(event.payload)
         if parsed.kind == MessageKind.INVALID:
-            self.stats.invalid_messages[parsed.reason] += 1
+            self.stats.invalid_messages[parsed.category] += 1
             self._log.warning(
                 "Dropping a message that is not a valid ExternalClient (%d bytes): %s",
                 parsed.size,

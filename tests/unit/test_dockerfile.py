@@ -1,0 +1,337 @@
+"""The Dockerfile, checked without a container engine.
+
+- statically: every path it COPYs exists and is in the build context (.dockerignore), the stages
+  and their order, the fixed module directory, the non-root user, entrypoints, ports and the
+  config path agree with the operator, the chart and pyproject.toml;
+- by emulation: tools/image_emulation.sh repeats its build steps (compile every module with the
+  same script, build the wheel from the copied files, install it into fresh venvs, run
+  `external-server --help` / `external-server-operator --help`, start the server on the built
+  modules), and every module path the chart, the examples and the e2e suite reference is one
+  the image contains.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from external_server_operator import main as operator_main
+from external_server_operator import render, settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+MODULES_DIR = "/opt/external-server/modules/"
+#: Where module paths are referenced that must exist in the server image.
+REFERENCING = ("charts", "e2e", "tests/cluster", "tests/chart", "config", "crds")
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """(global ARG defaults, stages) from a Dockerfile; continuation lines joined."""
+    logical: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            m = re.fullmatch(r"(\S+)\s+AS\s+(\S+)", rest.strip(), re.IGNORECASE)
+            assert m, f"every stage is named: FROM {rest}"
+            stages.append(Stage(name=m.group(2), base=m.group(1)))
+        elif keyword == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name.strip()] = default.strip()
+        else:
+            assert stages, f"{keyword} before the first FROM"
+            stages[-1].instructions.append((keyword, rest.strip()))
+    return args, stages
+
+
+ARGS, STAGES = parse_dockerfile(DOCKERFILE.read_text())
+BY_NAME = {s.name: s for s in STAGES}
+
+
+def stage_args(stage: Stage) -> dict[str, str]:
+    values = dict(ARGS)
+    for a in stage.all("ARG"):
+        name, _, default = a.partition("=")
+        values[name.strip()] = default.strip()
+    return values
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values.get(m.group(1) or m.group(2), m.group(0)), text)
+
+
+def copies(stage: Stage) -> list[tuple[str | None, list[str], str]]:
+    """(from stage or None for the build context, sources, destination) of each COPY."""
+    out = []
+    for c in stage.all("COPY"):
+        words = shlex.split(substitute(c, stage_args(stage)))
+        source_stage = None
+        while words[0].startswith("--"):
+            flag = words.pop(0)
+            if flag.startswith("--from="):
+                source_stage = flag.removeprefix("--from=")
+        *sources, dest = words
+        out.append((source_stage, sources, dest))
+    return out
+
+
+def exec_form(value: str) -> list[str]:
+    parsed = yaml.safe_load(value)
+    assert isinstance(parsed, list), f"exec form expected: {value}"
+    return [str(v) for v in parsed]
+
+
+def dockerignore_patterns() -> list[re.Pattern[str]]:
+    patterns = []
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        assert not line.startswith("!"), "exceptions are not modelled by this test"
+        regex = ""
+        i = 0
+        while i < len(line):
+            if line.startswith("**/", i):
+                regex += "(?:.*/)?"
+                i += 3
+            elif line.startswith("**", i):
+                regex += ".*"
+                i += 2
+            elif line[i] == "*":
+                regex += "[^/]*"
+                i += 1
+            elif line[i] == "?":
+                regex += "[^/]"
+                i += 1
+            else:
+                regex += re.escape(line[i])
+                i += 1
+        patterns.append(re.compile(regex.rstrip("/")))
+    return patterns
+
+
+def ignored(path: str, patterns: list[re.Pattern[str]]) -> bool:
+    """Whether the build context lacks ``path`` (it or one of its parents matches)."""
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(p.fullmatch(prefix) for p in patterns for prefix in prefixes)
+
+
+def tracked_files(path: str) -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "--", path], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    files = out.stdout.split() if out.returncode == 0 else []
+    if not files:  # not a git checkout (or untracked yet): the files on disk
+        base = ROOT / path
+        files = (
+            [str(p.relative_to(ROOT)) for p in base.rglob("*") if p.is_file()] if base.is_dir() else [path]
+        )
+    return files
+
+
+# --- static checks -----------------------------------------------------------------------------------
+
+
+def test_stages_and_default_target() -> None:
+    assert [s.name for s in STAGES] == ["modules", "wheel", "runtime", "operator", "server"]
+    assert STAGES[-1].name == "server", "a plain `docker build .` builds the server image"
+    assert ARGS["PYTHON_IMAGE"].startswith("python:3.11-slim")
+    assert BY_NAME["operator"].base == BY_NAME["server"].base == "runtime"
+
+
+def test_every_copied_path_exists_in_the_build_context() -> None:
+    patterns = dockerignore_patterns()
+    names = [s.name for s in STAGES]
+    for index, stage in enumerate(STAGES):
+        for source_stage, sources, _ in copies(stage):
+            if source_stage is not None:
+                assert source_stage in names[:index], (
+                    f"{stage.name}: COPY --from={source_stage} (no such stage)"
+                )
+                continue
+            for src in sources:
+                assert (ROOT / src).exists(), f"{stage.name}: COPY {src}: missing"
+                assert not ignored(src, patterns), f"{stage.name}: COPY {src}: excluded by .dockerignore"
+                for f in tracked_files(src):
+                    assert not ignored(f, patterns), f"{f} (under COPY {src}) is excluded by .dockerignore"
+
+
+def test_modules_stage_builds_everything_with_the_shared_script() -> None:
+    stage = BY_NAME["modules"]
+    runs = " ".join(stage.all("RUN"))
+    assert "tools/image/build-modules.sh /out/modules /tmp/extra-modules" in runs
+    for pkg in ("libcurl4-openssl-dev", "libjansson-dev", "make", "gcc"):
+        assert pkg in runs, f"the modules stage installs {pkg}"
+    copied = {src for _, sources, _ in copies(stage) for src in sources}
+    assert {"lib/", "tools/image/build-modules.sh"} <= copied
+    extra = stage_args(stage)["EXTRA_MODULES_DIR"]
+    assert extra == "tools/image/extra-modules" and (ROOT / extra / "README.md").is_file()
+
+
+def test_server_image_layout() -> None:
+    stage = BY_NAME["server"]
+    (module_copy,) = [c for c in copies(stage) if c[0] == "modules"]
+    assert module_copy == ("modules", ["/out/modules/"], MODULES_DIR)
+    assert f"MODULES_DIR={MODULES_DIR.rstrip('/')}" in stage.all("ENV")
+    assert exec_form(stage.all("ENTRYPOINT")[-1]) == ["external-server"]
+    assert exec_form(stage.all("CMD")[-1]) == ["-c", render.CONFIG_PATH]
+    assert stage.all("EXPOSE") == [str(settings.HTTP_PORT)]
+    assert stage.all("USER") == [f"{render.RUN_AS_USER}:{render.RUN_AS_USER}"]
+    runs = " ".join(stage.all("RUN"))
+    assert "[operator]" not in runs, "the server image stays free of kopf"
+    for lib in ("libcurl4", "libjansson4"):
+        assert lib in runs, f"the fleet_http modules need {lib} at run time"
+
+
+def test_operator_image_layout() -> None:
+    stage = BY_NAME["operator"]
+    assert exec_form(stage.all("ENTRYPOINT")[-1]) == ["external-server-operator"]
+    assert stage.all("EXPOSE") == [str(operator_main.DEFAULT_LIVENESS_PORT)]
+    assert stage.all("USER") == [f"{render.RUN_AS_USER}:{render.RUN_AS_USER}"]
+    assert "[operator]" in " ".join(stage.all("RUN"))
+    assert not [c for c in copies(stage) if c[0] == "modules"], "no modules in the operator image"
+
+
+def test_runtime_user_and_versions_agree() -> None:
+    runtime = BY_NAME["runtime"]
+    runs = " ".join(runtime.all("RUN"))
+    uid = render.RUN_AS_USER
+    assert f"--uid {uid}" in runs and f"--gid {uid}" in runs
+    assert "PYTHONDONTWRITEBYTECODE=1" in " ".join(runtime.all("ENV"))
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    version = pyproject["project"]["version"]
+    assert stage_args(runtime)["VERSION"] == version
+    chart = yaml.safe_load((ROOT / "charts" / "external-server" / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version
+    assert f"fleet-external-server:{version}" == settings.DEFAULT_IMAGE
+    scripts = pyproject["project"]["scripts"]
+    assert {"external-server", "external-server-operator"} <= set(scripts)
+
+
+# --- build-modules.sh ----------------------------------------------------------------------------
+
+
+def _build_modules(out: Path, extra: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FLEET_REQUIRE_REAL_PARTS": os.environ.get("FLEET_REQUIRE_REAL_PARTS", "0")}
+    return subprocess.run(
+        [str(ROOT / "tools" / "image" / "build-modules.sh"), str(out), str(extra)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_build_modules_adds_extra_modules_and_refuses_collisions(tmp_path: Path) -> None:
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "libcustom.so").write_bytes(b"\x7fELF not really")
+    (extra / "notes.txt").write_text("ignored")
+    result = _build_modules(tmp_path / "out", extra)
+    assert result.returncode == 0, result.stderr
+    listed = result.stdout.split()
+    assert "libexample.so" in listed and "libcustom.so" in listed and "notes.txt" not in listed
+
+    (extra / "libexample.so").write_bytes(b"shadowing the built one")
+    result = _build_modules(tmp_path / "out2", extra)
+    assert result.returncode != 0
+    assert "libexample.so collides" in result.stderr
+
+    result = _build_modules(tmp_path / "out", extra)
+    assert result.returncode != 0 and "not empty" in result.stderr
+
+
+# --- emulation ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emulation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    work = tmp_path_factory.mktemp("image-emulation")
+    result = subprocess.run(
+        [str(ROOT / "tools" / "image_emulation.sh"), str(work)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    log = "\n".join(line for line in result.stderr.splitlines() if "is ignored: it is neither" not in line)
+    assert result.returncode == 0, f"tools/image_emulation.sh failed:\n{log[-6000:]}"
+    return work, log
+
+
+def test_emulated_build_succeeds(emulation: tuple[Path, str]) -> None:
+    work, log = emulation
+    assert "image-emulation: OK" in log
+    help_text = (work / "server-help.txt").read_text()
+    assert "--http-port" in help_text and "--tls" in help_text
+    assert "--all-namespaces" in (work / "operator-help.txt").read_text()
+    assert "libexample.so: module 1000" in log
+    assert set((work / "modules.list").read_text().split()) >= {"libexample.so"}
+
+
+@pytest.fixture(scope="module")
+def built_modules(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """The file names the image's module directory gets (the modules stage's script)."""
+    result = _build_modules(
+        tmp_path_factory.mktemp("modules") / "out", ROOT / "tools" / "image" / "extra-modules"
+    )
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+def test_referenced_modules_are_in_the_image(built_modules: set[str]) -> None:
+    built = built_modules
+    referenced: dict[str, set[str]] = {}
+    pattern = re.compile(re.escape(MODULES_DIR) + r"([A-Za-z0-9_.+-]+\.so)")
+    for top in REFERENCING:
+        for path in (ROOT / top).rglob("*"):
+            if path.is_file() and path.suffix in {
+                ".yaml",
+                ".yml",
+                ".json",
+                ".py",
+                ".sh",
+                ".md",
+                ".txt",
+                ".tpl",
+            }:
+                for name in pattern.findall(path.read_text(errors="replace")):
+                    referenced.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    assert "libexample.so" in referenced, "the examples use the example module"
+    if "libfleet_http_io.so" not in built and os.environ.get("FLEET_REQUIRE_REAL_PARTS") != "1":
+        referenced = {k: v for k, v in referenced.items() if not k.startswith("libfleet_http_")}
+    missing = {name: sorted(where) for name, where in referenced.items() if name not in built}
+    assert not missing, f"referenced but not built into {MODULES_DIR}: {missing}"
