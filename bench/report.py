@@ -163,7 +163,8 @@ def loop_lines(results: Sequence[StepResult]) -> str | None:
             f"{_num(split.main_runqueue_percent, 0)} %, blocked {_num(split.main_waiting_percent, 0)} % "
             f"({_num(split.main_voluntary_switches_per_s, 0)} voluntary switches/s); other threads "
             f"{split.others_percent:.0f} % (busiest {split.busiest_other_percent:.1f} %); "
-            f"server-measured p99 {_bound(result.server_latency.get('p99_le_ms'))} ms"
+            f"server-measured mean {_num(result.server_latency.get('mean_ms'), 2)} ms, "
+            f"p99 {_bound(result.server_latency.get('p99_le_ms'))} ms"
         )
     if not lines:
         return None

@@ -11,13 +11,14 @@
 #
 #   e2e/run.sh                 # or: make e2e
 #
-# Needs docker (with a running daemon), kind, kubectl and the project's venv (.venv). Where
+# Needs docker (with a running daemon), kind and kubectl; makes the project's venv when missing. Where
 # docker or kind is missing, it prints one "SKIP: ..." line and exits 0, unless
 # FLEET_E2E_REQUIRED=1, where that is a failure. Helm comes from tools/helm/ensure.sh.
 #
-# Environment: E2E_CLUSTER (default fleet-e2e), E2E_KEEP_CLUSTER=1, E2E_WORKDIR (logs and
-# kubeconfig; default a new temporary directory), E2E_SKIP_BUILD=1 (images already built),
-# PYTEST_ARGS (extra pytest arguments).
+# Environment: E2E_CLUSTER (default fleet-e2e), E2E_NODE_IMAGE (kind node image, e.g.
+# kindest/node:v1.20.15 to run on the oldest supported Kubernetes), E2E_KEEP_CLUSTER=1,
+# E2E_WORKDIR (logs and kubeconfig; default a new temporary directory), E2E_SKIP_BUILD=1 (images
+# already built), PYTEST_ARGS (extra pytest arguments).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -44,8 +45,7 @@ command -v docker >/dev/null 2>&1 || skip "docker is not installed (the e2e suit
 docker info >/dev/null 2>&1 || skip "no Docker daemon is reachable ('docker info' failed)"
 command -v kind >/dev/null 2>&1 || skip "kind is not installed (https://kind.sigs.k8s.io)"
 command -v kubectl >/dev/null 2>&1 || skip "kubectl is not installed"
-PY="$ROOT/.venv/bin/python"
-[ -x "$PY" ] || { say "FAIL: $PY missing: run 'make venv' first"; exit 1; }
+[ -x "$ROOT/.venv/bin/pytest" ] || make -C "$ROOT" --no-print-directory venv
 HELM=$("$ROOT/tools/helm/ensure.sh")
 
 WORK=${E2E_WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/fleet-e2e.XXXXXX")}
@@ -83,8 +83,9 @@ if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
   say "reusing kind cluster $CLUSTER"
   kind export kubeconfig --name "$CLUSTER" --kubeconfig "$KUBECONFIG" >/dev/null
 else
-  say "creating kind cluster $CLUSTER"
-  kind create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG" --wait 180s
+  say "creating kind cluster $CLUSTER${E2E_NODE_IMAGE:+ ($E2E_NODE_IMAGE)}"
+  kind create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG" --wait 180s \
+    ${E2E_NODE_IMAGE:+--image "$E2E_NODE_IMAGE"}
   created=1
 fi
 kubectl version -o yaml | grep -E "gitVersion" >&2 || true
@@ -99,10 +100,12 @@ if [ "${E2E_SKIP_BUILD:-0}" != 1 ]; then
 fi
 docker image inspect "$BROKER_IMAGE" >/dev/null 2>&1 || docker pull -q "$BROKER_IMAGE" >/dev/null
 # The images as the cluster will run them: modules at the documented path, non-root user.
-docker run --rm --entrypoint ls "$SERVER_IMAGE" /opt/external-server/modules/libexample.so >/dev/null
-[ "$(docker image inspect -f '{{.Config.User}}' "$SERVER_IMAGE")" = "10001:10001" ]
-docker run --rm "$SERVER_IMAGE" --help >/dev/null
-docker run --rm "$OPERATOR_IMAGE" --help >/dev/null
+docker run --rm --entrypoint ls "$SERVER_IMAGE" -l /opt/external-server/modules/ >&2
+for image in "$SERVER_IMAGE" "$OPERATOR_IMAGE"; do
+  user=$(docker image inspect -f '{{.Config.User}}' "$image")
+  [ "$user" = "10001:10001" ] || { say "FAIL: $image runs as '$user', expected 10001:10001"; exit 1; }
+  docker run --rm --read-only "$image" --help >/dev/null || { say "FAIL: $image --help"; exit 1; }
+done
 for image in "$SERVER_IMAGE" "$OPERATOR_IMAGE" "$BROKER_IMAGE"; do
   say "kind load $image"
   kind load docker-image --name "$CLUSTER" "$image" >/dev/null

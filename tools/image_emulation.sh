@@ -31,9 +31,11 @@ fi
 
 if [ $# -ge 1 ]; then
   W=$1
+  OWN_WORKDIR=0
   mkdir -p "$W"
 else
   W=$(mktemp -d "${TMPDIR:-/tmp}/image-emulation.XXXXXX")
+  OWN_WORKDIR=1
 fi
 W=$(cd "$W" && pwd)
 SERVER_PID=""
@@ -42,7 +44,7 @@ cleanup() {
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
   fi
-  if [ "${KEEP_WORKDIR:-0}" != 1 ] && [ $# -eq 0 ]; then rm -rf "$W"; fi
+  if [ "$OWN_WORKDIR" = 1 ] && [ "${KEEP_WORKDIR:-0}" != 1 ]; then rm -rf "$W"; fi
 }
 trap cleanup EXIT
 

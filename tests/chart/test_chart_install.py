@@ -68,7 +68,7 @@ def wait_reconciled(
 
 def can_i(cluster: Cluster, user: str, *args: str) -> bool:
     result = cluster.kubectl("auth", "can-i", *args, f"--as={user}", check=False)
-    return result.stdout.strip() == "yes"
+    return bool(result.stdout.strip() == "yes")
 
 
 def helm_install_and_run_operator(
@@ -174,8 +174,8 @@ def test_install_upgrade_uninstall_cluster_wide(
 
         # helm uninstall: the ExternalServers go (their children with them, by garbage collection),
         # the CRD stays.
-        out, hooks = helm_uninstall_running_hooks(cluster, cluster_helm, release, ns, tmp_path)
-        print(out)
+        text, hooks = helm_uninstall_running_hooks(cluster, cluster_helm, release, ns, tmp_path)
+        print(text)
         assert len(hooks) == 1, "one pre-delete hook Job (the ExternalServer cleanup)"
         print(hooks[0].stdout)
         assert "cleanup: all ExternalServers of the release are gone" in hooks[0].stdout
@@ -228,8 +228,8 @@ def test_install_namespaced_try_out(cluster_helm: Helm, chart_cluster: Cluster, 
         assert can_i(cluster, user, "delete", "deployments.apps", "-n", ns)
         assert not forbidden_lines(op.log()), "\n".join(forbidden_lines(op.log()))
 
-        out, hooks = helm_uninstall_running_hooks(cluster, cluster_helm, release, ns, tmp_path)
-        print(out)
+        text, hooks = helm_uninstall_running_hooks(cluster, cluster_helm, release, ns, tmp_path)
+        print(text)
         assert [h.returncode for h in hooks] == [0]
         wait_for(
             "the release's ExternalServer deleted",

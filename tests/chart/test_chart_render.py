@@ -311,11 +311,66 @@ def test_operator_values_reach_the_deployment(helm: Helm) -> None:
             ],
             "brokr",
         ),
+        (
+            [
+                "externalServers[0].name=a",
+                "externalServers[0].namespace=elsewhere",
+                "externalServers[0].spec.company=ok",
+                "externalServers[0].spec.cars[0].name=c",
+                "devBroker.enabled=true",
+            ],
+            "namespace elsewhere is not watched by the operator",
+        ),
         (["operator.watch.clusterWide=maybe"], "clusterWide"),
         (["operator.typo=1"], "typo"),
     ],
-    ids=["no-broker", "bad-company", "misspelt-field", "bad-type", "unknown-value"],
+    ids=["no-broker", "bad-company", "misspelt-field", "unwatched-namespace", "bad-type", "unknown-value"],
 )
 def test_bad_values_are_refused(helm: Helm, sets: list[str], message: str) -> None:
     with pytest.raises(HelmError, match=message):
         helm.template(sets=sets)
+
+
+@pytest.mark.cluster
+def test_cleanup_hook_may_only_delete_the_release_servers(helm: Helm) -> None:
+    assert not [d for d in helm.template() if "helm.sh/hook" in d["metadata"].get("annotations", {})]
+    sets = [
+        "externalServers[0].name=one",
+        "externalServers[0].spec.company=c",
+        "externalServers[0].spec.cars[0].name=x",
+        "externalServers[1].name=two",
+        "externalServers[1].namespace=other",
+        "operator.watch.namespaces={fleet,other}",
+        "externalServers[1].spec.company=c",
+        "externalServers[1].spec.cars[0].name=y",
+        "devBroker.enabled=true",
+    ]
+    docs = helm.template(sets=sets)
+    hooks = [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
+    assert {d["metadata"]["annotations"]["helm.sh/hook"] for d in hooks} == {"pre-delete"}
+    roles = {r["metadata"]["namespace"]: r for r in hooks if r["kind"] == "Role"}
+    assert sorted(roles) == ["fleet", "other"]
+    assert roles["fleet"]["rules"] == [
+        {
+            "apiGroups": ["fleetprotocol.io"],
+            "resources": ["externalservers"],
+            "resourceNames": ["one"],
+            "verbs": ["get", "delete"],
+        }
+    ]
+    assert roles["other"]["rules"][0]["resourceNames"] == ["two"]
+    job = one(hooks, "Job")
+    assert int(job["metadata"]["annotations"]["helm.sh/hook-weight"]) > max(
+        int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks if d["kind"] != "Job"
+    )
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "fleet-external-server-operator:0.1.0"
+    assert c["command"][:2] == ["python", "-c"]
+    compile(c["command"][2], "cleanup.py", "exec")
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert json.loads(env["CLEANUP_TARGETS"]) == [["fleet", "one"], ["other", "two"]]
+    assert not [
+        d
+        for d in helm.template(sets=[*sets, "cleanupHook.enabled=false"])
+        if "helm.sh/hook" in d["metadata"].get("annotations", {})
+    ]

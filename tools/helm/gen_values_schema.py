@@ -51,7 +51,7 @@ def _convert(node: Any) -> Any:
 def spec_schema(crd: dict[str, Any]) -> dict[str, Any]:
     """The JSON Schema of an ExternalServer spec as the chart's values accept it."""
     (version,) = [v for v in crd["spec"]["versions"] if v.get("storage")]
-    spec = _convert(version["schema"]["openAPIV3Schema"]["properties"]["spec"])
+    spec: dict[str, Any] = _convert(version["schema"]["openAPIV3Schema"]["properties"]["spec"])
     spec["required"] = [r for r in spec.get("required", []) if r != "broker"]
     if not spec["required"]:
         del spec["required"]
