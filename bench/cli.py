@@ -1,4 +1,8 @@
-"""``python -m bench.run``: run the scenarios, print the table, write JSON and a PNG plot."""
+"""``python -m bench.run``: run the scenarios, print the table, write JSON and a PNG plot.
+
+Exit codes: 0 = every step ran (whatever the targets say), 1 = a step failed to run, a server
+did not start or died, the run was interrupted or cut short; 2 = bad usage or modules not built.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -81,7 +86,12 @@ async def _run_all(run: Run, chosen: Sequence[str], budget_s: float) -> bool:
     return True
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM: the same clean stop of every started process as Ctrl-C
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = build_parser()
     args = parser.parse_args(argv)
     chosen = _scenarios(args.scenarios, parser)
@@ -160,4 +170,5 @@ def _report(run: Run, out: Path, stamp: str, mode: str, chosen: Sequence[str], e
     png_path = out / f"bench-{stamp}.png"
     plotted = plot.plot(png_path, run.results)
     print(f"\nwrote {json_path}" + (f" and {png_path}" if plotted else ""), flush=True)
-    return 0
+    broken = [r for r in run.results if r.error or not r.server_alive] or run.notes
+    return 1 if broken else 0

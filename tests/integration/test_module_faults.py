@@ -7,13 +7,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from harness import COMPANY, ServerUnderTest, start_server
-from mosquitto_broker import MosquittoBroker
-
 from external_server.device import Device
 from external_server.session.state import CarState
 from external_server.simulator.car_client import CarClient, create_car_clients
 from external_server.wire import ExternalProtocol_pb2 as ext
+from harness import COMPANY, ServerUnderTest, start_server
+from mosquitto_broker import MosquittoBroker
 
 pytestmark = pytest.mark.broker
 
@@ -47,7 +46,8 @@ async def test_a_module_blocked_in_forward_status_does_not_delay_another_car(
             slow, fast = cars["car_a"], cars["car_b"]
             await asyncio.gather(_connect(server, slow, "a"), _connect(server, fast, "b"))
             slow.send_status("a", ext.Status.RUNNING, 2, DEVICE, b"{}")
-            await server.wait_until(lambda: server.counters("car_a")["statuses"] == 1)  # blocked in the 2nd call
+            # the first status went through; the second is now blocked inside the module
+            await server.wait_until(lambda: server.counters("car_a")["statuses"] == 1)
             loop = asyncio.get_running_loop()
             for counter in range(2, 7):
                 started = loop.time()

@@ -27,9 +27,9 @@ Runs in a background thread with its own event loop (``start()`` / ``stop()``),
 so blocking ctypes calls in the test thread never stall it. ``stop()`` then
 ``start()`` is an API restart on the same port: stored messages stay (as in
 SQLite mode) but the connected-car cache starts empty. Test-only extras:
-``request_log``, ``fail_next()`` (5xx injection), ``freeze_clock_until_duplicate()``,
-``forget_car()``; :class:`UnresponsiveHost` is a socket that accepts TCP
-connections but never answers.
+``request_log``, ``fail_next()`` (5xx injection), ``freeze_clock()`` and
+``freeze_clock_until_duplicate()``; :class:`UnresponsiveHost` is a socket that
+accepts TCP connections but never answers.
 
 ``python tests/support/http_api_double.py --port 0 --t-api 1`` serves it in its
 own process (prints the base URL); tools/valgrind_fleet_http.py uses that.
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import re
 import socket
@@ -47,7 +46,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,7 +187,6 @@ class FleetHttpApiDouble:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
-        self.restarts = 0
 
     # ---- lifecycle (called from the test thread) --------------------------------------------
 
@@ -217,7 +215,6 @@ class FleetHttpApiDouble:
         """Stop serving like a killed process: the port closes, open connections are dropped."""
         if self._loop is not None and self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
-            self.restarts += 1
 
     def restart(self) -> None:
         self.stop()
@@ -296,11 +293,6 @@ class FleetHttpApiDouble:
         """Answer the next ``count`` requests of ``route`` (e.g. "POST /status") with ``status``."""
         with self.lock:
             self._failures.append((route, count, status))
-
-    def forget_car(self, company: str, car: str) -> None:
-        """What retention does to a car whose statuses aged out: it is unknown until its next status."""
-        with self.lock:
-            self.state.available.pop((company, car), None)
 
     def count(self, route: str, status: int | None = None, since: float = 0.0) -> int:
         """Requests of ``route`` (e.g. "GET /command") started at or after ``since`` (time.monotonic())."""
@@ -687,16 +679,6 @@ class UnresponsiveHost:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def running_double(**kwargs: Any) -> Iterator[FleetHttpApiDouble]:
-    double = FleetHttpApiDouble(**kwargs)
-    double.start()
-    try:
-        yield double
-    finally:
-        double.close()
 
 
 def main(argv: list[str] | None = None) -> int:

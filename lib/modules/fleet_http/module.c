@@ -462,8 +462,8 @@ static void get(struct fh_context *ctx, int64_t since, int wait, struct fh_respo
         r->curl = CURLE_OUT_OF_MEMORY;
         return;
     }
-    long timeout = wait ? ctx->cfg.poll_timeout_ms : ctx->cfg.status_timeout_ms;
-    fh_perform_abortable(ctx->multi, ctx->poll_handle, url, timeout, &ctx->stop, r);
+    long budget_ms = wait ? ctx->cfg.poll_timeout_ms : ctx->cfg.status_timeout_ms;
+    fh_perform_abortable(ctx->multi, ctx->poll_handle, url, budget_ms, &ctx->stop, r);
     free(url);
 }
 
@@ -511,7 +511,7 @@ static void prime(struct fh_context *ctx, struct fh_response *r)
     ctx->stats.primed = 1;
     ctx->stats.cursor = newest;
     pthread_mutex_unlock(&ctx->lock);
-    fh_log_event(&ctx->poll_log, ctx->cfg.company, ctx->cfg.car, NULL, "command API reachable again");
+    fh_log_event(&ctx->poll_log, ctx->cfg.company, ctx->cfg.car, NULL, NULL);
     fh_log(ctx->cfg.company, ctx->cfg.car, "primed: %zu earlier command(s) skipped, cursor %lld", n,
            (long long)newest);
 }
@@ -669,12 +669,12 @@ static int reject(struct fh_context *ctx, const char *what, const char *why)
 }
 
 static int forward(const struct buffer bytes, const struct device_identification device, void *context,
-                   int error)
+                   int is_error)
 {
     struct fh_context *ctx = context;
     if (ctx == NULL)
         return CONTEXT_INCORRECT;
-    const char *what = error ? "error message" : "status";
+    const char *what = is_error ? "error message" : "status";
     stat_add(ctx, &ctx->stats.status_calls, 1);
 
     const char *role = device.device_role.data;
@@ -711,7 +711,7 @@ static int forward(const struct buffer bytes, const struct device_identification
         encoding = "BASE64";
         if (data == NULL)
             return reject(ctx, what, "out of memory");
-    } else if (fh_validate_status(data, device.device_type, error, &why) != 0) {
+    } else if (fh_validate_status(data, device.device_type, is_error, &why) != 0) {
         json_decref(data);
         return reject(ctx, what, why);
     }
@@ -725,7 +725,7 @@ static int forward(const struct buffer bytes, const struct device_identification
     }
     json_t *message = json_pack("[{s:I, s:o, s:{s:s, s:s, s:o}}]", "timestamp", (json_int_t)fh_wall_ms(),
                                 "device_id", device_id, "payload", "message_type",
-                                error ? "STATUS_ERROR" : "STATUS", "encoding", encoding, "data", data);
+                                is_error ? "STATUS_ERROR" : "STATUS", "encoding", encoding, "data", data);
     /* json_pack "o" steals the references, also on failure. */
     char *body = message != NULL ? json_dumps(message, JSON_COMPACT) : NULL;
     json_decref(message);
