@@ -38,8 +38,12 @@ RUN tools/image/build-modules.sh /out/modules /tmp/extra-modules
 
 # --- wheel: the Python packages -----------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS wheel
+# The wheel carries one small C helper (server/external_server/native/wait_loop.c, built by setup.py).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY server/ server/
 COPY operator/ operator/
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .

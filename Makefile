@@ -76,14 +76,27 @@ test-cluster: venv
 
 test-valgrind: venv modules
 	$(PY) tools/valgrind_modules.py
+	$(PY) tools/valgrind_fleet_http.py
 
 test: lint test-python test-valgrind
 
 run: venv modules
 	$(PY) -m external_server.devrun $(if $(BROKER),--broker $(BROKER),) --config config/config.json
 
+bench: venv modules
+	$(PY) -m bench.run --full
+
+bench-quick: venv modules
+	$(PY) -m bench.run --quick
+
 image:
-	@command -v docker >/dev/null 2>&1 || { echo "make image: docker is not installed (tools/image_emulation.sh checks the build steps without it)" >&2; exit 1; }
+	@command -v docker >/dev/null 2>&1 || { echo "make bench: venv modules
+	$(PY) -m bench.run --full
+
+bench-quick: venv modules
+	$(PY) -m bench.run --quick
+
+image: docker is not installed (tools/image_emulation.sh checks the build steps without it)" >&2; exit 1; }
 	docker build --target server -t $(IMAGE_SERVER) .
 	docker build --target operator -t $(IMAGE_OPERATOR) .
 

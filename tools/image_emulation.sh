@@ -61,10 +61,10 @@ say "modules: $MODULES"
 say "stage wheel"
 rm -rf "$W/src" "$W/wheels"
 mkdir -p "$W/src"
-cp "$ROOT/pyproject.toml" "$ROOT/README.md" "$W/src/"
+cp "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/README.md" "$W/src/"
 for d in server operator; do
-  # COPY server/ server/ minus what .dockerignore excludes (caches, egg-info).
-  (cd "$ROOT" && tar --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' -cf - "$d") |
+  # COPY server/ server/ minus what .dockerignore excludes (caches, egg-info, in-place builds).
+  (cd "$ROOT" && tar --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' --exclude='*.so' -cf - "$d") |
     (cd "$W/src" && tar -xf -)
 done
 "$PYTHON" -m pip wheel "${PIP_FLAGS[@]}" --no-deps --wheel-dir "$W/wheels" "$W/src" >&2

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..device import Device
-from .abi import CONTEXT_INCORRECT, NOT_OK, OK, Buffer, DeviceIdentification
+from ..native import WAIT_UNTIL_EVENT
+from .abi import CONTEXT_INCORRECT, NOT_OK, OK, TIMEOUT_OCCURRED, Buffer, DeviceIdentification
 from .convert import Arena, read_buffer, read_device
 
 if TYPE_CHECKING:
@@ -106,6 +107,26 @@ class ModuleContext:
         if pointer is None:
             return CONTEXT_INCORRECT
         return int(self._functions.wait_for_command(int(timeout_ms), pointer))
+
+    def wait_for_event(self, timeout_ms: int, stop: ctypes.c_int) -> int:
+        """Repeat ``wait_for_command`` while it times out, until it reports something or ``stop`` is set.
+
+        Runs the loop in C (``external_server.native``) when available, so the waiting thread
+        holds the GIL only when there is something to do; returns TIMEOUT_OCCURRED once stopped.
+        """
+        pointer = self._pointer
+        if pointer is None:
+            return CONTEXT_INCORRECT
+        if WAIT_UNTIL_EVENT is not None:
+            function = cast("ctypes._FuncPointer", self._functions.wait_for_command)
+            address = ctypes.cast(function, ctypes.c_void_p).value
+            if address is not None:
+                return int(WAIT_UNTIL_EVENT(address, pointer, int(timeout_ms), ctypes.byref(stop)))
+        while not stop.value:
+            rc = self.wait_for_command(timeout_ms)
+            if rc != TIMEOUT_OCCURRED:
+                return rc
+        return TIMEOUT_OCCURRED
 
     def pop_command(self) -> PoppedCommand:
         """Pop one command; its three buffers always go back through the module's ``deallocate``."""

@@ -10,6 +10,7 @@ pool thread, never the event loop or another car.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
@@ -63,6 +64,7 @@ class ModuleRuntime:
         self._thread_name = thread_name
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._stop_flag = ctypes.c_int(0)
         self._thread: threading.Thread | None = None
         self._destroyed = False
         self._supported_types: dict[int, bool] = {}
@@ -119,6 +121,7 @@ class ModuleRuntime:
         self._thread.start()
 
     def request_stop(self) -> None:
+        self._stop_flag.value = 1  # read by the native wait loop before each wait_for_command
         self._stop.set()
 
     def join_worker(self, timeout_s: float) -> bool:
@@ -140,7 +143,7 @@ class ModuleRuntime:
         backoff = _ERROR_BACKOFF_INITIAL_S
         while not self._stop.is_set():
             try:
-                rc = self._context.wait_for_command(self._wait_timeout_ms)
+                rc = self._context.wait_for_event(self._wait_timeout_ms, self._stop_flag)
             except Exception:  # a broken binding must not kill the thread silently
                 self._log.exception("wait_for_command of module %d raised", self.module_id)
                 rc = -1

@@ -26,6 +26,20 @@ StateHandler = Callable[[bool], None]
 ErrorHandler = Callable[[Exception], None]
 
 
+def _dispatching_queue(handler: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """A queue class for aiomqtt that hands each message to ``handler`` instead of storing it.
+
+    aiomqtt would otherwise queue every message and wake a task per message; calling the
+    router directly from the receive callback saves that hop on the hot path.
+    """
+
+    class DispatchingQueue(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            handler(item)
+
+    return DispatchingQueue
+
+
 class PublishError(Exception):
     """A message could not be handed to the broker (not connected, queue full, no PUBACK)."""
 
@@ -112,12 +126,10 @@ class MqttConnection:
                     else:
                         self._log.info("Connected to MQTT broker %s.", self.broker)
                     backoff, failures = self._backoff_initial_s, 0
-                    async for message in client.messages:
-                        payload = message.payload
-                        self._on_message(
-                            message.topic.value,
-                            payload if isinstance(payload, bytes) else bytes(str(payload), "utf-8"),
-                        )
+                    # Messages are dispatched as they are decoded (see _dispatching_queue); iterating
+                    # only waits for the connection to end, which raises MqttError.
+                    async for _ in client.messages:
+                        pass
             except aiomqtt.MqttError as exc:
                 if self._stopping:
                     break
@@ -199,6 +211,7 @@ class MqttConnection:
             keepalive=self._keepalive_s,
             timeout=10.0,
             tls_context=self._tls_context,
+            queue_type=_dispatching_queue(self._dispatch),
             max_inflight_messages=self._max_inflight,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             logger=self._log.getChild("client"),
@@ -206,6 +219,15 @@ class MqttConnection:
         # Many cars publish at once by design; aiomqtt would warn above 10 pending calls.
         client.pending_calls_threshold = max(1000, self._max_inflight * 2)
         return client
+
+    def _dispatch(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        try:
+            self._on_message(
+                message.topic.value, payload if isinstance(payload, bytes) else bytes(str(payload), "utf-8")
+            )
+        except Exception:  # never let a handler bug tear down the shared connection
+            self._log.exception("Handling a message on %s failed", message.topic.value)
 
     async def _subscribe_all(self, client: aiomqtt.Client) -> None:
         for start in range(0, len(self._subscriptions), _SUBSCRIBE_CHUNK):
