@@ -137,7 +137,6 @@ class CompanyServer:
                 logger=car_logger(car),
                 on_status_latency=self.metrics.status_latency_observer(),
             )
-            link.on_error = session.on_publish_error
             for runtime in runtimes:
                 runtime.on_call_duration = self.metrics.module_call_observer(runtime.module_id)
             self.cars[car] = CarUnit(car, session, runtimes)
@@ -306,8 +305,12 @@ async def _serve(server: CompanyServer) -> None:
     await server.serve()
 
 
+GIL_SWITCH_INTERVAL_S = float(os.environ.get("FLEET_GIL_SWITCH_INTERVAL_S", "0.005"))
+
+
 def run(config: ServerConfig, options: CliOptions) -> int:
     """Build and serve until SIGINT/SIGTERM; 0 on a clean stop, 1 on a startup error."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     server = CompanyServer(config, options)
     try:
         server.build()

@@ -392,7 +392,9 @@ async def test_broker_restart_drops_and_reconnects(
         assert await gateway.wait_until(lambda: gateway.state is not GatewayState.CONNECTED, 5)
         mosquitto.start()
         assert await gateway.wait_connected(30, sessions=2)
-        assert gateway.stats.drops["connection lost"] == 1
+        # Whichever the gateway notices first: the lost link, or a publish refused on it.
+        drops = dict(gateway.stats.drops)
+        assert drops.get("connection lost", 0) + drops.get("publish failed", 0) == 1, drops
 
 
 # ---- car client ----------------------------------------------------------------------

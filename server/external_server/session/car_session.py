@@ -75,16 +75,11 @@ class _BrokerState:
 
 
 @dataclass(frozen=True, slots=True)
-class _PublishFailed:
-    error: Exception
-
-
-@dataclass(frozen=True, slots=True)
 class _Stop:
     pass
 
 
-_Event = _CarMessage | _CommandsAvailable | _BrokerState | _PublishFailed | _Stop
+_Event = _CarMessage | _CommandsAvailable | _BrokerState | _Stop
 StatusLatencyObserver = Callable[[float], None]
 
 
@@ -183,9 +178,6 @@ class CarSession:
     def on_broker_state(self, connected: bool) -> None:
         self._post(_BrokerState(connected))
 
-    def on_publish_error(self, error: Exception) -> None:
-        self._post(_PublishFailed(error))
-
     def on_module_commands(self, module_id: int, batch: list[QueuedCommand]) -> None:
         """A batch from a module's waiting thread (§5.7): queue it, signal if a device is registered."""
         queue = self._command_queues[module_id]
@@ -281,16 +273,11 @@ class CarSession:
             else:
                 self._raise_for_control_event(event)
 
-    def _raise_for_control_event(self, event: _BrokerState | _PublishFailed | _Stop) -> None:
+    def _raise_for_control_event(self, event: _BrokerState | _Stop) -> None:
         if isinstance(event, _Stop):
             raise SessionStopped
-        if isinstance(event, _BrokerState):
-            if not event.connected:
-                raise SessionReset(ResetReason.BROKER_LOST, "Unexpected disconnection of MQTT client.")
-            return
-        raise SessionReset(
-            ResetReason.PUBLISH_FAILED, f"Publishing to the car failed: {event.error}", logging.ERROR
-        )
+        if not event.connected:
+            raise SessionReset(ResetReason.BROKER_LOST, "Unexpected disconnection of MQTT client.")
 
     def _parse(self, event: _CarMessage) -> ParsedMessage | None:
         parsed = messages.parse_client_message(event.payload)

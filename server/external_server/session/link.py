@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from ..transport import CarTopics, MqttConnection, PublishError
@@ -24,22 +23,16 @@ class CarLink(Protocol):
 class MqttCarLink:
     """A car's topics on the process-wide MQTT connection."""
 
-    def __init__(
-        self,
-        connection: MqttConnection,
-        topics: CarTopics,
-        on_error: Callable[[Exception], None] | None = None,
-    ) -> None:
+    def __init__(self, connection: MqttConnection, topics: CarTopics) -> None:
         self._connection = connection
         self._topics = topics
-        self.on_error = on_error  # set once the session that reports errors exists
 
     @property
     def connected(self) -> bool:
         return self._connection.connected
 
     def publish(self, payload: bytes) -> None:
-        self._connection.publish_nowait(self._topics.external_server, payload, self.on_error)
+        self._connection.publish_nowait(self._topics.external_server, payload)
 
     async def publish_disconnect_notification(self, timeout_s: float) -> bool:
         try:

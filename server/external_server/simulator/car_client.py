@@ -98,7 +98,7 @@ class CarClient:
     def send(self, message: ext.ExternalClient | bytes) -> None:
         """Publish one message (or raw bytes, e.g. malformed input) on ``module_gateway``, QoS 1."""
         payload = message if isinstance(message, bytes) else message.SerializeToString()
-        self.connection.publish_nowait(self.topics.module_gateway, payload, self._publish_failed)
+        self.connection.publish_nowait(self.topics.module_gateway, payload)
 
     async def send_acknowledged(
         self, message: ext.ExternalClient | bytes, timeout_s: float = DEFAULT_TIMEOUT_S
@@ -198,9 +198,6 @@ class CarClient:
     def _on_notification(self, _payload: bytes) -> None:
         self.notification_count += 1
         self._notifications.put_nowait(None)
-
-    def _publish_failed(self, exc: Exception) -> None:
-        self._log.warning("%s: publish failed: %s", self.car, exc)
 
 
 class CarClientGroup:

@@ -20,7 +20,6 @@ from ..transport import BrokerAddress, MqttConnection, PublishError
 
 PayloadHandler = Callable[[bytes], None]
 StateListener = Callable[[bool], None]
-ErrorHandler = Callable[[Exception], None]
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _MQTT_LOGGER = logging.getLogger("external_server.simulator.mqtt")
@@ -117,11 +116,11 @@ class SharedConnection:
             await self._mqtt.stop(self._task)
         self._task = None
 
-    def publish_nowait(self, topic: str, payload: bytes, on_error: ErrorHandler | None = None) -> None:
+    def publish_nowait(self, topic: str, payload: bytes) -> None:
         """QoS 1 publish without waiting for the PUBACK; raises :class:`PublishError` when offline."""
         if self._mqtt is None:
             raise PublishError("connection not started")
-        self._mqtt.publish_nowait(topic, payload, on_error)
+        self._mqtt.publish_nowait(topic, payload)
 
     async def publish(self, topic: str, payload: bytes, timeout_s: float = 5.0) -> None:
         """QoS 1 publish that waits for the broker's PUBACK."""

@@ -62,7 +62,6 @@ class _Kind(Enum):
     MESSAGE = 1
     NOTIFICATION = 2
     LINK_DOWN = 3
-    PUBLISH_FAILED = 4
 
 
 class _Event(NamedTuple):
@@ -361,10 +360,6 @@ class SimulatedGateway:
                 continue
             if event.kind is _Kind.NOTIFICATION:
                 return None, "disconnect notification"
-            if event.kind is _Kind.PUBLISH_FAILED:
-                if event.payload.decode() == self._session_id:
-                    return None, "publish failed"
-                continue
             if event.kind is _Kind.MESSAGE:
                 message = self._parse(event.payload)
                 if message is None:
@@ -444,8 +439,6 @@ class SimulatedGateway:
             return "disconnect notification"
         if event.kind is _Kind.LINK_DOWN:
             return "connection lost" if epoch != self._link_epoch else None
-        if event.kind is _Kind.PUBLISH_FAILED:
-            return "publish failed" if event.payload.decode() == session_id else None
         message = self._parse(event.payload)
         if message is None:
             return None
@@ -586,13 +579,8 @@ class SimulatedGateway:
         return ext.CommandResponse.DEVICE_NOT_CONNECTED
 
     def _publish(self, message: ext.ExternalClient) -> bool:
-        session_id = self._session_id
         try:
-            self.connection.publish_nowait(
-                self.topics.module_gateway,
-                message.SerializeToString(),
-                lambda _exc: self._push(_Kind.PUBLISH_FAILED, session_id.encode()),
-            )
+            self.connection.publish_nowait(self.topics.module_gateway, message.SerializeToString())
         except PublishError:
             return False
         return True

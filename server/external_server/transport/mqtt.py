@@ -17,13 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 
 KEEPALIVE_S = 15
 _SUBSCRIBE_CHUNK = 500
 
 MessageHandler = Callable[[str, bytes], None]
 StateHandler = Callable[[bool], None]
-ErrorHandler = Callable[[Exception], None]
 
 
 def _dispatching_queue(handler: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
@@ -92,7 +92,6 @@ class MqttConnection:
         self._connected = asyncio.Event()
         self._stopping = False
         self._stop_requested = asyncio.Event()
-        self._publish_tasks: set[asyncio.Task[None]] = set()
         self.connect_count = 0
 
     @property
@@ -161,27 +160,26 @@ class MqttConnection:
         """Disconnect cleanly (the broker sees DISCONNECT) and end :meth:`run`."""
         self._stopping = True
         self._stop_requested.set()
-        if self._publish_tasks:
-            await asyncio.wait(list(self._publish_tasks), timeout=2.0)
         if run_task is not None and not run_task.done():
             run_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await run_task
 
-    def publish_nowait(self, topic: str, payload: bytes, on_error: ErrorHandler | None = None) -> None:
-        """QoS 1 publish without waiting for PUBACK (the hot path); failures go to ``on_error``.
+    def publish_nowait(self, topic: str, payload: bytes) -> None:
+        """QoS 1 publish without waiting for PUBACK (the hot path of every response and command).
 
-        Raises :class:`PublishError` at once when there is no connection.
+        The message is handed to paho at once, in call order; paho keeps QoS 1 delivery (and
+        resends) itself. aiomqtt's ``publish`` would add a task and a PUBACK wait per message
+        and scan all pending calls on each one (quadratic with thousands of cars), so this one
+        call goes to the underlying paho client. Raises :class:`PublishError` when the message
+        cannot be queued (not connected, queue full).
         """
         client = self._client
         if client is None or not self.connected:
             raise PublishError(f"not connected to MQTT broker {self.broker}")
-        task = asyncio.get_running_loop().create_task(
-            client.publish(topic, payload, qos=1, timeout=self._publish_timeout_s),
-            name=f"mqtt-publish:{topic}",
-        )
-        self._publish_tasks.add(task)
-        task.add_done_callback(lambda done: self._publish_finished(done, on_error))
+        info = client._client.publish(topic, payload, qos=1)  # the paho client aiomqtt wraps
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise PublishError(f"could not publish on {topic}: {mqtt.error_string(info.rc)}")
 
     async def publish(self, topic: str, payload: bytes, timeout_s: float) -> None:
         """QoS 1 publish that waits for the broker's PUBACK."""
@@ -192,14 +190,6 @@ class MqttConnection:
             await client.publish(topic, payload, qos=1, timeout=timeout_s)
         except aiomqtt.MqttError as exc:
             raise PublishError(str(exc)) from exc
-
-    def _publish_finished(self, task: asyncio.Task[None], on_error: ErrorHandler | None) -> None:
-        self._publish_tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None and on_error is not None:
-            on_error(PublishError(str(exc)))
 
     def _new_client(self) -> aiomqtt.Client:
         client = aiomqtt.Client(
