@@ -305,12 +305,8 @@ async def _serve(server: CompanyServer) -> None:
     await server.serve()
 
 
-GIL_SWITCH_INTERVAL_S = float(os.environ.get("FLEET_GIL_SWITCH_INTERVAL_S", "0.005"))
-
-
 def run(config: ServerConfig, options: CliOptions) -> int:
     """Build and serve until SIGINT/SIGTERM; 0 on a clean stop, 1 on a startup error."""
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     server = CompanyServer(config, options)
     try:
         server.build()

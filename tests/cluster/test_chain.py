@@ -92,20 +92,31 @@ async def _car_session(broker: MosquittoBroker) -> bytes:
     async with CarClient(broker.address, "chain_co", "car_a") as car:
         for attempt in range(20):  # the server may still be connecting to the broker
             car.send_connect(f"s{attempt}", [DEVICE])
-            if await car.receive(1.0) is not None:
+            response = await car.receive(1.0)
+            if response is not None:
                 break
         else:
             raise AssertionError("no ConnectResponse from the server")
-        session = f"s{attempt}"
+        session = response.connectResponse.sessionId
         car.send_status(session, ext.Status.CONNECTING, 1, DEVICE, b'{"on":false}')
         assert (await car.expect("statusResponse")).statusResponse.messageCounter == 1
         first = await car.expect("command")
         car.send_command_response(session, first.command.messageCounter)
         car.send_status(session, ext.Status.RUNNING, 2, DEVICE, b'{"on":true}')
-        assert (await car.expect("statusResponse")).statusResponse.messageCounter == 2
-        echoed = await car.expect("command")  # echo_every=1: the module answers with the status bytes
-        car.send_command_response(session, echoed.command.messageCounter)
-        return bytes(echoed.command.deviceCommand.commandData)
+        # echo_every=1: the module answers every forwarded status with a command carrying its bytes;
+        # the echo of the first status may come before or after the StatusResponse to the second.
+        echoed: list[bytes] = []
+        answered = False
+        while not (answered and b'{"on":true}' in echoed):
+            message = await car.receive(10.0)
+            assert message is not None, f"stalled: answered={answered} echoed={echoed}"
+            if message.HasField("statusResponse"):
+                assert message.statusResponse.messageCounter == 2
+                answered = True
+            else:
+                echoed.append(bytes(message.command.deviceCommand.commandData))
+                car.send_command_response(session, message.command.messageCounter)
+        return echoed[-1]
 
 
 def test_rendered_config_runs_a_real_server_session(
