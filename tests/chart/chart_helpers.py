@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -222,9 +223,15 @@ class ChartOperator:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+_FORBIDDEN = re.compile(r"(?<![\d.:])403(?!\d)|[Ff]orbidden")
+
+
 def forbidden_lines(log: str) -> list[str]:
-    """Lines of an operator log that report a permission the operator lacked."""
-    return [line for line in log.splitlines() if "403" in line or "Forbidden" in line or "forbidden" in line]
+    """Lines of an operator log that report a permission the operator lacked.
+
+    "403" counts only as a number of its own, not inside a port like 40383 or an address.
+    """
+    return [line for line in log.splitlines() if _FORBIDDEN.search(line)]
 
 
 def json_of(result: subprocess.CompletedProcess[str]) -> Any:
