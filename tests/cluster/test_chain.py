@@ -23,7 +23,7 @@ import pytest
 from external_server.device import Device
 from external_server.simulator.car_client import CarClient
 from external_server.wire import ExternalProtocol_pb2 as ext
-from integration.mosquitto_broker import MosquittoBroker, find_mosquitto
+from integration.mosquitto_broker import MosquittoBroker, running_mosquitto
 from kube_envtest import Cluster, Operator, wait_for
 from support.example_module import build_example
 
@@ -35,19 +35,8 @@ DEVICE = Device(1000, 0, "lamp", "front lamp")
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    binary = find_mosquitto()
-    if binary is None:
-        if os.environ.get("FLEET_REQUIRE_REAL_PARTS") == "1":
-            pytest.fail("mosquitto is not installed; FLEET_REQUIRE_REAL_PARTS=1 requires it")
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    workdir = tmp_path / "mosquitto"
-    workdir.mkdir()
-    running = MosquittoBroker(binary, workdir)
-    running.start()
-    try:
+    with running_mosquitto(tmp_path) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _resource(namespace: str, port: int, library: Path) -> dict[str, Any]:

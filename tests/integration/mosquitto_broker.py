@@ -6,14 +6,17 @@ started here is ever signalled.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from external_server.transport import BrokerAddress
 
 HOST = "127.0.0.1"
@@ -119,3 +122,22 @@ class MosquittoBroker:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+@contextlib.contextmanager
+def running_mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A fresh broker under ``tmp_path`` for a fixture; fails in CI, skips elsewhere, when missing."""
+    binary = find_mosquitto()
+    if binary is None:
+        reason = "mosquitto is not installed (apt-get install mosquitto)"
+        if os.environ.get("FLEET_REQUIRE_REAL_PARTS") == "1":
+            pytest.fail(f"{reason}; FLEET_REQUIRE_REAL_PARTS=1 requires it")
+        pytest.skip(reason)
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    broker = MosquittoBroker(binary, workdir)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

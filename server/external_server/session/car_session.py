@@ -488,7 +488,8 @@ class CarSession:
                 self._raise_for_control_event(event)
 
     def _nearest_deadline(self) -> float:
-        deadlines = [self._session_deadline or self._clock() + self._timings.session_timeout_s]
+        assert self._session_deadline is not None  # set on entering normal communication
+        deadlines = [self._session_deadline]
         for deadline in (self.status_checker.next_deadline(), self.command_tracker.next_deadline()):
             if deadline is not None:
                 deadlines.append(deadline)
