@@ -12,7 +12,10 @@
 #   * the vendored reflect2/json-iterator crash on go >= 1.18: swap in Debian's versions;
 #   * stamp the version into component-base/version and client-go/pkg/version.
 #
-# Usage: tools/envtest/build.sh            (normally called by tools/envtest/ensure.sh)
+# Usage: tools/envtest/build.sh [COMPONENT...]   (normally called by tools/envtest/ensure.sh)
+#        COMPONENTs are cmd/ names of the source tree, default: kube-apiserver
+#        kube-controller-manager; tools/cluster/ensure-bin.sh adds kube-scheduler, kubelet and
+#        kube-proxy (all built with CGO_ENABLED=0, so they are static). etcd is always installed.
 # Env:   FLEET_ENVTEST_DIR   install dir (default as above)
 #        FLEET_ENVTEST_WORK  scratch dir (default <install dir>/../work-1.20.2)
 #        FLEET_ENVTEST_NO_APT=1  do not touch apt (prerequisites already installed)
@@ -24,7 +27,14 @@ K8S_VERSION=1.20.2
 CACHE_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/fleet-external-server/envtest
 DEST=${FLEET_ENVTEST_DIR:-$CACHE_ROOT/$K8S_VERSION}
 WORK=${FLEET_ENVTEST_WORK:-$CACHE_ROOT/work-$K8S_VERSION}
-COMPONENTS=(kube-apiserver kube-controller-manager)
+COMPONENTS=("$@")
+if [ ${#COMPONENTS[@]} -eq 0 ]; then COMPONENTS=(kube-apiserver kube-controller-manager); fi
+for C in "${COMPONENTS[@]}"; do
+  case "$C" in
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy) ;;
+    *) echo "envtest-build: unknown component $C" >&2; exit 2 ;;
+  esac
+done
 
 now() { date +%s; }
 log() { echo "envtest-build: $*"; }
@@ -142,5 +152,5 @@ for C in "${COMPONENTS[@]}"; do
 done
 install -m 0755 "$(command -v etcd)" "$DEST/etcd.tmp" && mv -f "$DEST/etcd.tmp" "$DEST/etcd"
 
-"$DEST/kube-apiserver" --version
+"$DEST/${COMPONENTS[0]}" --version
 log "done in $(($(now) - T0))s -> $DEST (Go build cache: $(du -sh "$GOCACHE" | cut -f1))"

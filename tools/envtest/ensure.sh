@@ -9,6 +9,11 @@
 # than FLEET_ENVTEST_GOCACHE_MAX_MB (default 200); set it to 0 to always delete, or
 # FLEET_ENVTEST_KEEP_GOCACHE=1 to keep it. The unpacked sources are deleted too unless
 # FLEET_ENVTEST_KEEP_WORK=1.
+#
+# FLEET_ENVTEST_NODE=1 also requires (and builds, in the same run and with the same sources and
+# Go cache) the node binaries kube-scheduler, kubelet and kube-proxy into the same directory, for
+# the local cluster of tools/cluster/up.sh. Set it for the first call of a run that will also
+# need the cluster, so a cold machine builds from the sources once (about 4 more minutes).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 K8S_VERSION=1.20.2
@@ -16,11 +21,19 @@ CACHE_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/fleet-external-server/envtest
 DEST=${FLEET_ENVTEST_DIR:-$CACHE_ROOT/$K8S_VERSION}
 WORK=${FLEET_ENVTEST_WORK:-$CACHE_ROOT/work-$K8S_VERSION}
 
-complete() {
+WANT=(kube-apiserver kube-controller-manager)
+if [ "${FLEET_ENVTEST_NODE:-0}" = 1 ]; then WANT+=(kube-scheduler kubelet kube-proxy); fi
+
+# The wanted components that are not built yet, one per line.
+missing() {
   local b
-  for b in etcd kube-apiserver kube-controller-manager; do
-    [ -x "$DEST/$b" ] || return 1
+  for b in "${WANT[@]}"; do
+    [ -x "$DEST/$b" ] || echo "$b"
   done
+}
+
+complete() {
+  [ -x "$DEST/etcd" ] && [ -z "$(missing)" ]
 }
 
 if ! complete; then
@@ -30,7 +43,9 @@ if ! complete; then
   flock 9
   if ! complete; then
     echo "ensure-envtest: building envtest binaries into $DEST (log: $CACHE_ROOT/build.log)" >&2
-    FLEET_ENVTEST_DIR=$DEST FLEET_ENVTEST_WORK=$WORK "$HERE/build.sh" 2>&1 | tee "$CACHE_ROOT/build.log" >&2
+    mapfile -t build < <(missing)
+    FLEET_ENVTEST_DIR=$DEST FLEET_ENVTEST_WORK=$WORK "$HERE/build.sh" "${build[@]}" 2>&1 \
+      | tee "$CACHE_ROOT/build.log" >&2
     if [ "${FLEET_ENVTEST_KEEP_GOCACHE:-0}" != 1 ] && [ -d "$WORK/gocache" ]; then
       size_mb=$(du -sm "$WORK/gocache" | cut -f1)
       if [ "$size_mb" -gt "${FLEET_ENVTEST_GOCACHE_MAX_MB:-200}" ]; then
