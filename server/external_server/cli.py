@@ -1,5 +1,5 @@
 """Command line: ``external-server [-c|--config PATH | PATH] [--tls|--no-tls] [--ca F] [--cert F]
-[--key F] [--http-port N]`` (protocol.md §6.8, §6.9; design.md "Configuration and CLI").
+[--key F] [--http-port N]`` (docs/protocol.md §6.8, §6.9; docs/design.md "Configuration and CLI").
 
 Exit codes: 0 clean stop (also Ctrl-C), 1 bad arguments, missing/invalid config or a
 startup failure. Every user error is one message on stderr, never a traceback.
@@ -32,7 +32,7 @@ from .logging_setup import setup_logging
 DEFAULT_CONFIG_PATH = Path("./config/config.json")
 APP_MODULE = "external_server.app"
 PROG = "external-server"
-# Wording of the reference's TLS argument error (protocol.md §6.8).
+# Wording of the reference's TLS argument error (docs/protocol.md §6.8).
 TLS_PARAMETERS = {
     "ca": "ca certificate (--ca)",
     "cert": "PEM encoded client certificate (--cert)",

@@ -1,6 +1,6 @@
 """The device identity shared by the protocol logic and the module binding.
 
-A device is identified by (module, device_type, role) (protocol.md §4.9); the
+A device is identified by (module, device_type, role) (docs/protocol.md §4.9); the
 name and priority travel with it but are not part of its identity.
 """
 

@@ -1,4 +1,4 @@
-"""Logging of protocol.md §6.4: a console and a rotating file handler, each with its own level.
+"""Logging of docs/protocol.md §6.4: a console and a rotating file handler, each with its own level.
 
 Lines look like::
 

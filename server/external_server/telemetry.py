@@ -31,7 +31,7 @@ def default_views() -> list[View]:
 
 
 class ServerMetrics:
-    """The instruments of design.md §3 "Telemetry", bound to one company's sessions."""
+    """The instruments of docs/design.md §3 "Telemetry", bound to one company's sessions."""
 
     def __init__(
         self, company: str, meter_provider: MeterProvider, sessions: Mapping[str, CarSession]

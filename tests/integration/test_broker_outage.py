@@ -1,4 +1,4 @@
-"""The broker goes away and comes back (protocol.md §3.1, §4.14 row 15), and the disconnect
+"""The broker goes away and comes back (docs/protocol.md §3.1, §4.14 row 15), and the disconnect
 notification of every clean-up (§3.3, §4.13, item 50).
 
 The in-process server keeps running throughout: a lost connection resets the car's

@@ -1,4 +1,6 @@
-"""End to end with the fleet_http module (http-bridge.md §4.15): car → mosquitto → server → HTTP API → car.
+"""End to end with the fleet_http module (docs/http-bridge.md §4.15).
+
+car → mosquitto → server → HTTP API → car.
 
 A simulated car (CarClient) talks to the production CompanyServer on a real
 mosquitto; the server loads libfleet_http_transparent.so / libfleet_http_io.so

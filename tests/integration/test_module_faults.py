@@ -1,4 +1,4 @@
-"""A slow or failing module harms only its own car (issue 3 items 2 and 9, protocol.md §4.14 last note)."""
+"""A slow or failing module harms only its own car (issue 3 items 2 and 9, docs/protocol.md §4.14 note)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Many cars of one company on one server process and one shared MQTT connection (protocol.md §7, §8.12).
+"""Many cars of one company on one server process and one shared MQTT connection (docs/protocol.md §7, §8.12).
 
 Each car has its own session and its own example-module context; these tests check
 that identical session ids and devices in different cars do not interfere, that

@@ -1,4 +1,4 @@
-"""The real server process: ``python -m external_server`` (protocol.md §6.8, §6.9, items 20, 21, 23).
+"""The real server process: ``python -m external_server`` (docs/protocol.md §6.8, §6.9, items 20, 21, 23).
 
 SIGTERM and SIGINT stop it cleanly (disconnect notification for a connected car, exit
 code 0, "Stopped." logged); a startup error is one clear message and exit code 1,

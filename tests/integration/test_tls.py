@@ -1,4 +1,4 @@
-"""Mutual TLS to the broker (protocol.md §3.2, items 22, 47).
+"""Mutual TLS to the broker (docs/protocol.md §3.2, items 22, 47).
 
 A mosquitto TLS listener that requires client certificates, with certificates made
 by openssl for this test: the server process started with ``--tls --ca --cert --key``

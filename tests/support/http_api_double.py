@@ -1,4 +1,4 @@
-"""TEST DOUBLE of the Fleet Protocol HTTP API (http-bridge.md §1), for the fleet_http module tests.
+"""TEST DOUBLE of the Fleet Protocol HTTP API (docs/http-bridge.md §1), for the fleet_http module tests.
 
 This is not the real API (bringauto/fleet-protocol-http-api) and not product code:
 it is an in-process aiohttp server, written from the spec, that reproduces the
@@ -644,7 +644,7 @@ def message(
     message_type: str = COMMAND_TYPE,
     encoding: str = "JSON",
 ) -> dict[str, Any]:
-    """A Message body element (http-bridge.md §1.2)."""
+    """A Message body element (docs/http-bridge.md §1.2)."""
     return {
         "device_id": {"module_id": module_id, "type": device_type, "role": role, "name": name},
         "payload": {"message_type": message_type, "encoding": encoding, "data": data},

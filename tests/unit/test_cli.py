@@ -1,4 +1,4 @@
-"""Command line and startup (protocol.md §6.8, §6.9; checklist §8.1 items 19-23)."""
+"""Command line and startup (docs/protocol.md §6.8, §6.9; checklist §8.1 items 19-23)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Command counter and command checker (protocol.md §4.11; checklist §8.4, items 51-62)."""
+"""Command counter and command checker (docs/protocol.md §4.11; checklist §8.4, items 51-62)."""
 
 from __future__ import annotations
 

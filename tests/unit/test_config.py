@@ -1,4 +1,4 @@
-"""Configuration loading: protocol.md §6.1-§6.7, checklist §8.1 items 1-16 and 23.
+"""Configuration loading: docs/protocol.md §6.1-§6.7, checklist §8.1 items 1-16 and 23.
 
 Items 17 and 18 (library vanishing after validation, module number mismatch) are checked by
 the module loader, not by the configuration: see the skipped tests at the end.

@@ -1,4 +1,4 @@
-"""The example module (lib/modules/example) through the real ctypes binding (protocol.md §5, §5.8).
+"""The example module (lib/modules/example) through the real ctypes binding (docs/protocol.md §5, §5.8).
 
 Nothing on the C side is mocked: the session fixture builds libexample.so with
 make and every test drives it through ModuleLibrary / ModuleContext.

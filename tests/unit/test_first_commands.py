@@ -1,4 +1,4 @@
-"""Selection of the first commands of a session (protocol.md §4.6, phase C; checklist items 119-124)."""
+"""Selection of the first commands of a session (docs/protocol.md §4.6, phase C; checklist items 119-124)."""
 
 from __future__ import annotations
 

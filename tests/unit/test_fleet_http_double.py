@@ -1,4 +1,4 @@
-"""The HTTP API test double itself (tests/support/http_api_double.py) against http-bridge.md §1.
+"""The HTTP API test double itself (tests/support/http_api_double.py) against docs/http-bridge.md §1.
 
 The fleet_http module tests trust the double as their oracle, so the semantics
 they rely on are pinned here: auth, validation, server timestamps, inclusive

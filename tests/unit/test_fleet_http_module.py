@@ -1,4 +1,4 @@
-"""The fleet_http modules (lib/modules/fleet_http) against the HTTP API test double (http-bridge.md §3, §4).
+"""The fleet_http modules (lib/modules/fleet_http) against the HTTP API double (docs/http-bridge.md §3, §4).
 
 Nothing on the C side is mocked: the session fixture builds the three libraries
 with make and every test drives them through the project's ctypes binding

@@ -1,4 +1,4 @@
-"""Logging (protocol.md §6.4, checklist §8.2 item 24)."""
+"""Logging (docs/protocol.md §6.4, checklist §8.2 item 24)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Message builders and parsers (protocol.md §2, in particular §2.4 byte for byte)."""
+"""Message builders and parsers (docs/protocol.md §2, in particular §2.4 byte for byte)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ctypes mirror (external_server.modules.abi) against protocol.md §5.1/§5.2 and the real C headers.
+"""The ctypes mirror (external_server.modules.abi) against docs/protocol.md §5.1/§5.2 and the real C headers.
 
 The C side is compiled with the system compiler from lib/include, so the
 headers, the spec tables and the ctypes structures cannot drift apart.
@@ -125,7 +125,7 @@ def test_header_layout_and_constants_match_ctypes(tmp_path: Path) -> None:
 
 FUNCTIONS_PROBE = """
 #include <fleet_protocol/external_server_interface.h>
-/* Each prototype, with the exact C signature of protocol.md §5.3, must be compatible. */
+/* Each prototype, with the exact C signature of docs/protocol.md §5.3, must be compatible. */
 int (*p_get_module_number)(void) = get_module_number;
 int (*p_is_device_type_supported)(unsigned int) = is_device_type_supported;
 void *(*p_init)(const struct config) = init;

@@ -1,4 +1,4 @@
-"""Device registry (protocol.md §4.9; checklist §8.5, items 76-81).
+"""Device registry (docs/protocol.md §4.9; checklist §8.5, items 76-81).
 
 The reference also keeps a "not connected" list that the protocol flow never fills; we do
 not have it, so the parts of items 77 and 80 about that list reduce to "unknown".

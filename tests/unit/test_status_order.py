@@ -1,8 +1,8 @@
-"""Status order checker (protocol.md §4.10; checklist §8.4, items 64-75).
+"""Status order checker (docs/protocol.md §4.10; checklist §8.4, items 64-75).
 
 Not covered: item 63 (the session timer, which lives in the car session, not here) and
 item 64 (a fresh checker starting at E = 0 whose counter can be "set" once): we start at
-E = 1 and adopt the baseline unconditionally instead (design decision, protocol.md §10.6);
+E = 1 and adopt the baseline unconditionally instead (design decision, docs/protocol.md §10.6);
 ``test_baseline_adopted_unconditionally`` covers what replaces it.
 """
 

@@ -1,4 +1,4 @@
-"""The command-waiting loop in C (external_server.native) and its Python fallback (protocol.md §5.7)."""
+"""The command-waiting loop in C (external_server.native) and its Python fallback (docs/protocol.md §5.7)."""
 
 from __future__ import annotations
 

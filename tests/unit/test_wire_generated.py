@@ -1,4 +1,4 @@
-"""The committed protobuf modules match lib/proto, and the wire examples of protocol.md §2.4 hold."""
+"""The committed protobuf modules match lib/proto, and the wire examples of docs/protocol.md §2.4 hold."""
 
 from __future__ import annotations
 

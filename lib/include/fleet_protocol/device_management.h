@@ -1,5 +1,5 @@
 /*
- * Device identity and module configuration structures (protocol.md §5.2).
+ * Device identity and module configuration structures (docs/protocol.md §5.2).
  * Sizes and offsets are for LP64 (x86-64, aarch64).
  */
 #ifndef FLEET_PROTOCOL_DEVICE_MANAGEMENT_H

@@ -1,5 +1,5 @@
 /*
- * The functions an external-server module exports (protocol.md §5.3). A
+ * The functions an external-server module exports (docs/protocol.md §5.3). A
  * module shared library must export all twelve; the server binds every one
  * at load time.
  *

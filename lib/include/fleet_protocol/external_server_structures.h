@@ -1,6 +1,6 @@
 /*
  * Return codes and enumerations specific to the external-server side of a
- * module (protocol.md §5.1).
+ * module (docs/protocol.md §5.1).
  */
 #ifndef FLEET_PROTOCOL_EXTERNAL_SERVER_STRUCTURES_H
 #define FLEET_PROTOCOL_EXTERNAL_SERVER_STRUCTURES_H

@@ -1,6 +1,6 @@
 /*
  * General return codes shared by every Fleet Protocol module interface
- * (protocol.md §5.1). Codes -1 ... -10 are reserved for general errors;
+ * (docs/protocol.md §5.1). Codes -1 ... -10 are reserved for general errors;
  * interface-specific codes start below RESERVED.
  */
 #ifndef FLEET_PROTOCOL_GENERAL_ERROR_CODES_H

@@ -1,6 +1,6 @@
 /*
  * The byte buffer every module call exchanges and the module's own allocator
- * (protocol.md §5.2, §5.4).
+ * (docs/protocol.md §5.2, §5.4).
  *
  * Ownership: a buffer passed INTO a module is owned by the caller and valid
  * only during the call (the module copies what it keeps). A buffer a module

@@ -1,7 +1,7 @@
 /*
  * The example module (module number 1000): a configurable command source for
  * the server's tests and benchmarks. Behaviour and configuration keys are
- * documented in example_module.h; the ABI is protocol.md §5.
+ * documented in example_module.h; the ABI is docs/protocol.md §5.
  *
  * Locking: every context has one mutex guarding its devices, queue and
  * counters, and one condition variable (CLOCK_MONOTONIC) signalled whenever a

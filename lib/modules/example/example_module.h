@@ -45,7 +45,7 @@
  * priority, keeps its position and restarts its echo count. device_disconnected()
  * returns NOT_OK for an unknown device (or a disconnect type outside 0..2) and
  * otherwise removes the device but NOT its queued commands: which commands are
- * stale is the server's decision (protocol.md §5.7).
+ * stale is the server's decision (docs/protocol.md §5.7).
  *
  * Commands are queued FIFO per context, also for devices that are not
  * connected. pop_command() returns how many are still queued after the pop,

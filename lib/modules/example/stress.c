@@ -1,7 +1,7 @@
 /*
  * Concurrency stress driver for the example module, built with
  * ThreadSanitizer by `make tsan` and run by the unit tests. It plays the
- * server's threading model (protocol.md §5.5): per context one waiter thread
+ * server's threading model (docs/protocol.md §5.5): per context one waiter thread
  * calling wait_for_command() unlocked, and caller threads serializing every
  * other call through one lock; a second context runs the same in parallel,
  * and a third thread keeps asking is_device_type_supported(). Finally a

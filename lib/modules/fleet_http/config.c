@@ -1,5 +1,5 @@
 /*
- * init() configuration: key set and validation of http-bridge.md §2.2 with the
+ * init() configuration: key set and validation of docs/http-bridge.md §2.2 with the
  * defaults of §3.7, plus the optional keys documented in fleet_http.h.
  */
 #define _POSIX_C_SOURCE 200809L

@@ -1,6 +1,6 @@
 /*
  * fleet_http: external-server modules that bridge a car to the Fleet Protocol
- * HTTP API (http-bridge.md). One source tree, three libraries selected at
+ * HTTP API (docs/http-bridge.md). One source tree, three libraries selected at
  * compile time with -DFLEET_MODULE=<n>:
  *
  *   libfleet_http_mission.so      module 1, device type 1 only, mission JSON rules
@@ -11,7 +11,7 @@
  * exports fleet_http_get_stats() below; the server never calls it, tests and
  * operators' tools may.
  *
- * Configuration keys (values are strings, protocol.md §5.6; the first
+ * Configuration keys (values are strings, docs/protocol.md §5.6; the first
  * occurrence of a key wins; keys are checked in sorted order and the first
  * invalid value makes init() return NULL; unknown keys are ignored):
  *

@@ -1,6 +1,6 @@
 /*
- * The external-server module ABI (protocol.md §5) on top of the Fleet Protocol
- * HTTP API (http-bridge.md §1), with the fixes of §3.
+ * The external-server module ABI (docs/protocol.md §5) on top of the Fleet Protocol
+ * HTTP API (docs/http-bridge.md §1), with the fixes of §3.
  *
  * Threads and locks. One context = one car. The server calls
  * wait_for_command() in its worker thread, unlocked, and every other function

@@ -1,5 +1,5 @@
 /*
- * What differs between the three modules (http-bridge.md §2.1, §2.3, §2.5):
+ * What differs between the three modules (docs/http-bridge.md §2.1, §2.3, §2.5):
  * supported device types, status validation and the command bytes.
  */
 #define _POSIX_C_SOURCE 200809L

@@ -5,7 +5,7 @@
  *
  *   fleet_http_stress_tsan <api_url> <commands_per_car>
  *
- * It plays the server's threading model (protocol.md §5.5) for two cars
+ * It plays the server's threading model (docs/protocol.md §5.5) for two cars
  * (car_a, car_b): per context one waiter thread calling wait_for_command()
  * unlocked and popping under the car's lock, and one status thread calling
  * forward_status / forward_error_message / device_(dis)connected under the

@@ -1,4 +1,4 @@
-"""Configuration: the file shapes of protocol.md §6, normalised into one frozen model."""
+"""Configuration: the file shapes of docs/protocol.md §6, normalised into one frozen model."""
 
 from .errors import ConfigError, ConfigFileNotFoundError
 from .loading import load_config, redacted_summary

@@ -1,5 +1,5 @@
-"""Reusable field types: each encodes one rule of protocol.md §6 (and the load-time checks
-design.md moves forward from server construction)."""
+"""Reusable field types: each encodes one rule of docs/protocol.md §6 (and the load-time checks
+docs/design.md moves forward from server construction)."""
 
 from __future__ import annotations
 

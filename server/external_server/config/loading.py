@@ -62,7 +62,7 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
 
 
 def _module_summary(module: ModuleSettings) -> JsonObject:
-    # Module config values may be secrets: only their keys are shown (protocol.md §6.9 step 4).
+    # Module config values may be secrets: only their keys are shown (docs/protocol.md §6.9 step 4).
     return {
         "lib_path": str(module.lib_path),
         "command_wait_timeout_ms": module.command_wait_timeout_ms,

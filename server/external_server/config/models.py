@@ -1,6 +1,6 @@
 """The normalised configuration the server uses (frozen, fully typed).
 
-Every shape of protocol.md §6 (current, seed-README and legacy) is turned into
+Every shape of docs/protocol.md §6 (current, seed-README and legacy) is turned into
 :class:`ServerConfig` by :func:`external_server.config.shapes.normalise`. The models here
 carry the field-level rules themselves, so a ServerConfig built in code is checked
 exactly like one loaded from a file.
@@ -40,7 +40,7 @@ DEFAULT_COMMAND_WAIT_TIMEOUT_MS = 1000
 
 
 class _Frozen(BaseModel):
-    """Immutable; unknown keys are ignored at every level (protocol.md §6.1)."""
+    """Immutable; unknown keys are ignored at every level (docs/protocol.md §6.1)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -131,7 +131,7 @@ class LoggingSettings(_Frozen):
 
 
 class ServerConfig(_Frozen):
-    """Everything the server needs; names of the symbols T, S, D follow protocol.md §0."""
+    """Everything the server needs; names of the symbols T, S, D follow docs/protocol.md §0."""
 
     company_name: Name
     broker: BrokerSettings
@@ -147,7 +147,7 @@ class ServerConfig(_Frozen):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ServerConfig:
-        """protocol.md §6.5."""
+        """docs/protocol.md §6.5."""
         if not self.cars:
             raise ValueError("cars: Cars must contain at least 1 car.")
         without = [car for car in self.cars if not self.modules_for(car)]

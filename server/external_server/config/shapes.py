@@ -1,4 +1,4 @@
-"""The three file shapes of protocol.md §6 and their mapping onto :class:`ServerConfig`.
+"""The three file shapes of docs/protocol.md §6 and their mapping onto :class:`ServerConfig`.
 
 A file is read along two independent axes, so every combination is accepted:
 

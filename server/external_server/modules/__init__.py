@@ -1,4 +1,4 @@
-"""The module adapter: ctypes bindings of the module ABI (protocol.md §5, design.md §3).
+"""The module adapter: ctypes bindings of the module ABI (docs/protocol.md §5, docs/design.md §3).
 
 ``ModuleLibrary.load(path)`` loads a module ``.so`` once per process;
 ``library.init(build_init_config(company, car, config))`` creates the context of

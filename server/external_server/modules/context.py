@@ -1,4 +1,4 @@
-"""One module context (one per car and module) and the calls made on it (protocol.md §5.3 to §5.5)."""
+"""One module context (one per car and module) and the calls made on it (docs/protocol.md §5.3 to §5.5)."""
 
 from __future__ import annotations
 

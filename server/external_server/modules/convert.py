@@ -1,4 +1,4 @@
-"""Conversion between Python values and the ABI structures (protocol.md §5.2, §5.4).
+"""Conversion between Python values and the ABI structures (docs/protocol.md §5.2, §5.4).
 
 Inputs are copied into NUL-terminated ctypes buffers (size excluding the NUL, as
 §5.2 recommends) that an ``Arena`` keeps alive for the whole module call; the

@@ -1,4 +1,4 @@
-"""The key/value list handed to a module's ``init`` (protocol.md §5.6 step 3)."""
+"""The key/value list handed to a module's ``init`` (docs/protocol.md §5.6 step 3)."""
 
 from __future__ import annotations
 

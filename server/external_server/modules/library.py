@@ -1,4 +1,4 @@
-"""Loading a module shared library and binding its twelve ABI functions (protocol.md §5.3, §5.6)."""
+"""Loading a module shared library and binding its twelve ABI functions (docs/protocol.md §5.3, §5.6)."""
 
 from __future__ import annotations
 

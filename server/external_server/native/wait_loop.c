@@ -1,5 +1,5 @@
 /*
- * The inner loop of a module's command-waiting thread (protocol.md §5.7), in C.
+ * The inner loop of a module's command-waiting thread (docs/protocol.md §5.7), in C.
  *
  * wait_for_command() mostly times out; repeating it from Python makes every
  * timeout a GIL acquisition, and with one waiting thread per car x module

@@ -1,7 +1,7 @@
 """Pure protocol logic of one car: no I/O, no clock, no threads.
 
 Everything here is driven by the car session, which owns the transport, the module
-calls and the real timers; these pieces only decide (protocol.md §4.6, §4.9 to §4.11, §2.4).
+calls and the real timers; these pieces only decide (docs/protocol.md §4.6, §4.9 to §4.11, §2.4).
 Time is always passed in as ``now`` (seconds of a monotonic clock).
 """
 

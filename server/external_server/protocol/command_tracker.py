@@ -1,4 +1,4 @@
-"""The per-car command counter and the in-order acknowledgement of commands (protocol.md §4.11).
+"""The per-car command counter and the in-order acknowledgement of commands (docs/protocol.md §4.11).
 
 The counter is never reset (it lives for the process, §10.4): the gateway re-bases on the
 first command of each session, and the integration suite expects counters to continue

@@ -1,4 +1,4 @@
-"""Which commands open a session (protocol.md §4.6, phase C): a pure selection.
+"""Which commands open a session (docs/protocol.md §4.6, phase C): a pure selection.
 
 Every registered device must receive exactly one first command. Module commands that
 waited in the queues are used when possible, but only the oldest per device (the

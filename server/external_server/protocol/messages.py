@@ -1,4 +1,4 @@
-"""Building and parsing the MQTT payloads of the Fleet Protocol (protocol.md §2).
+"""Building and parsing the MQTT payloads of the Fleet Protocol (docs/protocol.md §2).
 
 One serialized message per payload, no framing. The server builds ``ExternalServer``
 messages exactly as §2.4 prescribes and parses ``ExternalClient`` payloads; the fleet

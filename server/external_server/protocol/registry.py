@@ -1,4 +1,4 @@
-"""The ordered set of devices registered (connected) on one car (protocol.md §4.9).
+"""The ordered set of devices registered (connected) on one car (docs/protocol.md §4.9).
 
 Identity is (module, device_type, role); name and priority are carried but ignored for
 lookups. The stored copy is what the server later hands to modules on clean-up and

@@ -1,6 +1,6 @@
-"""Releases a car's statuses in counter order and notices gaps (protocol.md §4.10).
+"""Releases a car's statuses in counter order and notices gaps (docs/protocol.md §4.10).
 
-Decisions (design.md, protocol.md §10): the checker starts with E = 1 (the reference's
+Decisions (docs/design.md, docs/protocol.md §10): the checker starts with E = 1 (the reference's
 "fresh checker E = 0" quirk is not kept); after :meth:`StatusOrderChecker.adopt_baseline`
 the next status sets E to its counter unconditionally (§10.6); a second status with a
 counter that is already held is dropped instead of crashing. A counter below E is ignored.

@@ -6,7 +6,7 @@ deployment smoke tests. Layers, from low to high:
 
 * :class:`SharedConnection` — one MQTT connection routed by topic, shared by cars;
 * :class:`CarClient` — a scriptable car endpoint for tests (send anything, receive in order);
-* :class:`SimulatedGateway` — the gateway behaviour of protocol.md §4.15 for one car;
+* :class:`SimulatedGateway` — the gateway behaviour of docs/protocol.md §4.15 for one car;
 * :class:`Fleet` — many gateways, with a :class:`FleetSummary` (latency percentiles, counts, CPU).
 """
 

@@ -18,7 +18,7 @@ StatusDataFactory = Callable[[Device, int], bytes]
 
 @dataclass(frozen=True, slots=True)
 class GatewayTimings:
-    """The gateway's timers (protocol.md §3.4, §4.15); tests shorten them."""
+    """The gateway's timers (docs/protocol.md §3.4, §4.15); tests shorten them."""
 
     connect_response_timeout_s: float = 5.0
     """Each read of the connect sequence (the gateway's ``receive_message_timeout``)."""
@@ -68,7 +68,7 @@ class GatewayConfig:
     disconnect_at_end: bool = True
     """When the run ends in normal communication, send DISCONNECT for every device so the server
     ends the session at once; a real gateway switched off leaves that to the server's session
-    timeout, and the next run would then wait out the reset (protocol.md §4.15 #6)."""
+    timeout, and the next run would then wait out the reset (docs/protocol.md §4.15 #6)."""
 
     def __post_init__(self) -> None:
         if not self.devices:

@@ -1,4 +1,4 @@
-"""One simulated Module Gateway external client: the car side of protocol.md §4.15.
+"""One simulated Module Gateway external client: the car side of docs/protocol.md §4.15.
 
 Each gateway is one asyncio task processing its events strictly in order
 (messages, disconnect notifications, link changes) against deadlines (next

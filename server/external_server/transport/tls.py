@@ -1,4 +1,4 @@
-"""Mutual-TLS client context for the broker connection (protocol.md §3.2)."""
+"""Mutual-TLS client context for the broker connection (docs/protocol.md §3.2)."""
 
 from __future__ import annotations
 

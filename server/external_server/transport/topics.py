@@ -1,4 +1,4 @@
-"""Topic names of protocol.md §3.1, formed verbatim from company and car."""
+"""Topic names of docs/protocol.md §3.1, formed verbatim from company and car."""
 
 from __future__ import annotations
 
