@@ -24,7 +24,7 @@ SINGULAR = "externalserver"
 SHORT_NAMES = ("exs",)
 CATEGORIES = ("fleet",)
 
-#: Company, car and config names as the server accepts them (protocol.md §6).
+#: Company, car and config names as the server accepts them (docs/protocol.md §6).
 NAME_PATTERN = r"^[a-z0-9_]+$"
 #: An RFC 1123 host name; dotted IPv4 addresses are host names of this form too.
 HOST_PATTERN = (

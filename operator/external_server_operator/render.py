@@ -140,7 +140,7 @@ def _number(value: float) -> int | float:
 
 
 def render_server_config(spec: ExternalServerSpec, cars: Sequence[Car]) -> dict[str, Any]:
-    """The server's config file (protocol.md §6, current format) for ``cars``."""
+    """The server's config file (docs/protocol.md §6, current format) for ``cars``."""
     level = spec.logging.level
     return {
         "company_name": spec.company,

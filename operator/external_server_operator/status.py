@@ -21,7 +21,7 @@ PROGRESSING = "Progressing"
 CONDITION_ORDER = (READY, CONFIG_VALID, PROGRESSING)
 
 UNKNOWN = "Unknown"
-#: Server states (protocol.md §4.2) in which the car's session is established.
+#: Server states (docs/protocol.md §4.2) in which the car's session is established.
 CONNECTED_STATES = frozenset({"INITIALIZED", "RUNNING"})
 
 

@@ -2,7 +2,7 @@
 
 Kubernetes 1.20 has no CEL, so the API server only enforces per-field rules. Everything
 that spans fields is checked here, mirroring the server's own load-time checks
-(protocol.md §6.5), so an invalid resource is reported as ``ConfigValid=False`` instead
+(docs/protocol.md §6.5), so an invalid resource is reported as ``ConfigValid=False`` instead
 of being rolled out to a server that would refuse to start.
 """
 

@@ -1,4 +1,4 @@
-"""ctypes mirror of the module ABI headers in lib/include/fleet_protocol (protocol.md §5.1, §5.2).
+"""ctypes mirror of the module ABI headers in lib/include/fleet_protocol (docs/protocol.md §5.1, §5.2).
 
 The layouts are checked against the C headers by tests/unit/test_module_abi.py, so
 this file and the headers cannot drift apart silently.
