@@ -152,9 +152,15 @@ def spec_cars() -> list[str]:
     return [c["name"] for c in spec.get("cars") or []]
 
 
+def simulated() -> list[str]:
+    """The configured cars the main simulator plays (car_http has its own, short-lived one)."""
+    return [c for c in [*FLEET, NEW_CAR] if c in spec_cars()]
+
+
 def settled(shards: int) -> dict[str, Any] | None:
     """The resource's latest generation is rolled out on exactly its shards, every old server pod is
-    gone, and every configured car is RUNNING on the shard the operator assigned it."""
+    gone, every configured car is on the shard the operator assigned it, and every car the main
+    simulator plays is RUNNING there."""
     obj = get("externalserver", NAME) or {}
     st = obj.get("status") or {}
     cars = [c["name"] for c in (obj.get("spec") or {}).get("cars") or []]
@@ -174,9 +180,12 @@ def settled(shards: int) -> dict[str, Any] | None:
     ):
         return None
     by_car = {c["name"]: c for c in st.get("carStatuses") or []}
+    playing = [c for c in [*FLEET, NEW_CAR] if c in cars]
     for car in cars:
         report = by_car.get(car) or {}
-        if report.get("state") != "RUNNING" or report.get("shard") != shard_of(car, shards):
+        if report.get("shard") != shard_of(car, shards):
+            return None
+        if car in playing and report.get("state") != "RUNNING":
             return None
     return st
 
@@ -529,6 +538,13 @@ def test_command_posted_to_the_http_api_reaches_the_car(figures: Figures) -> Non
     double_pod = items("pod", f"app.kubernetes.io/name={DOUBLE}")[0]["metadata"]["name"]
     data = json.dumps({"e2e": "hello car", "at": time.time()})
 
+    def server_view() -> dict[str, Any]:
+        pod = server_pod_by_shard()[shard_of(HTTP_CAR, 1)]["metadata"]["name"]
+        car: dict[str, Any] = ((pod_status(NS, pod) or {}).get("cars") or {}).get(HTTP_CAR) or {}
+        return car
+
+    baseline = (server_view().get("messages_out") or {}).get("command", 0)
+
     def posted() -> dict[str, Any] | None:
         # 404 until the module has forwarded the car's first status (the device is "available").
         out = kubectl(
@@ -557,28 +573,37 @@ def test_command_posted_to_the_http_api_reaches_the_car(figures: Figures) -> Non
     print("posted:", post)
 
     def delivered() -> dict[str, Any] | None:
-        shard = shard_of(HTTP_CAR, 1)
-        pod = server_pod_by_shard()[shard]["metadata"]["name"]
-        car = ((pod_status(NS, pod) or {}).get("cars") or {}).get(HTTP_CAR) or {}
-        answered = (car.get("messages_in") or {}).get("commandResponse", 0)
-        return car if (car.get("messages_out") or {}).get("command", 0) >= 1 and answered >= 1 else None
+        car = server_view()
+        sent = (car.get("messages_out") or {}).get("command", 0)
+        answered = (car.get("messages_in") or {}).get("command_response", 0)
+        return car if sent >= baseline + post["posted"] and answered >= sent else None
 
     car = wait_for("the command sent to the car and answered", delivered, timeout=120)
+    delivered_at = time.time()
     print("server view of the car:", json.dumps(car))
     summary = stop_simulator(HTTP_SIM)
     assert summary is not None, "the simulator printed no JSON summary"
     (row,) = summary["per_car"]
-    assert row["car"] == HTTP_CAR and row["commands_received"] >= 1, row
+    print("simulator:", json.dumps(row))
+    assert row["car"] == HTTP_CAR, row
+    # fleet_http sends no command of its own: every command the car got came from the API.
+    assert row["commands_received"] >= baseline + post["posted"], (row, baseline, post)
     figures.put(
         "http_api_command",
-        {"posted_at": iso(posted_at), "car_commands_received": row["commands_received"], "post": post},
+        {
+            "posted_at": iso(posted_at),
+            "server_sent_and_car_answered_seen_at": iso(delivered_at),
+            "commands_sent_by_server_before_post": baseline,
+            "car_commands_received": row["commands_received"],
+            "post": post,
+        },
     )
 
 
 def _shard_change(figures: Figures, key: str, shards_from: int, shards_to: int) -> None:
     before = server_pod_by_shard()
     assert len(before) == len({shard_of(c, shards_from) for c in spec_cars()})
-    cars = [c for c in [*FLEET, NEW_CAR] if c in spec_cars()]
+    cars = simulated()
     start = time.time()
     patch_spec({"shards": shards_to})
     wait_for(f"shards {shards_from} -> {shards_to} settled", lambda: settled(shards_to), timeout=300)
