@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
-#: The documents' names before they moved into docs/ (the operator contract was kubernetes.md).
+#: The documents' names before they moved into docs/ ("kubernetes" is now docs/operator.md).
 FORMER_NAMES = ("protocol", "design", "kubernetes", "http-bridge")
 FORMER_CITATION = re.compile(
     r"(?<![\w.-])(?P<prefix>(?:[\w.-]+/)*)(?P<name>" + "|".join(map(re.escape, FORMER_NAMES)) + r")\.md\b"
