@@ -112,7 +112,7 @@ def anchors_of(doc: str) -> frozenset[str]:
 
 
 def cited_sections(text: str) -> Iterator[tuple[int, str, str]]:
-    """(line, document, section) of every ``docs/X.md §N.M`` citation.
+    """(line, document, section) of every ``docs/<name>.md §N.M`` citation.
 
     The sections of a citation are the § numbers that follow the file name on the same line,
     up to the next file name, a closing parenthesis or a semicolon: in
