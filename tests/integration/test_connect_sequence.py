@@ -68,14 +68,14 @@ RUNNING = ext.Status.RUNNING
 def record_states(session: CarSession, monkeypatch: pytest.MonkeyPatch) -> list[CarState]:
     """Every state the session takes from now on (transient ones like ERROR included)."""
     states = [session.state]
-    original = session._set_state
+    original = session.core.set_state
 
     def recording(wanted: CarState) -> None:
         original(wanted)
         if session.state != states[-1]:
             states.append(session.state)
 
-    monkeypatch.setattr(session, "_set_state", recording)
+    monkeypatch.setattr(session.core, "set_state", recording)
     return states
 
 
@@ -101,7 +101,7 @@ class Rig:
 
     def session_queue_length(self) -> int:
         """Commands the session holds for module 1000 (handed over by the waiting thread)."""
-        return len(self.session._command_queues[MODULE])
+        return len(self.session.core.command_queues[MODULE])
 
     def snapshot_resets(self) -> None:
         self._resets_seen = Counter(self.session.stats.resets)
@@ -123,7 +123,7 @@ class Rig:
             return (
                 session.state == CarState.CONNECTED
                 and since is not None
-                and time.time() - since < self.t - margin_s
+                and time.monotonic() - since < self.t - margin_s
             )
 
         await self.server.wait_until(fresh_phase_a, timeout_s=2 * (self.t + D) + 2)

@@ -427,7 +427,7 @@ async def test_commands_queued_during_connect_sequence_are_flushed(
         first = await _expect_command(car, 0)
         server.inject_command(CAR, DEVICE_1, b"queued meanwhile")
         session = server.session(CAR)
-        queue = session._command_queues[EXAMPLE_MODULE]
+        queue = session.core.command_queues[EXAMPLE_MODULE]
         await server.wait_until(lambda: len(queue) == 1)  # handed to the session during phase D
         assert car.pending() == 0
         car.send_command_response(SESSION_ID, first.messageCounter)

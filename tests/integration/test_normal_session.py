@@ -60,7 +60,7 @@ async def _wait_fresh_phase_a(server: ServerUnderTest, within_s: float = 0.5) ->
     await server.wait_until(
         lambda: (
             session.state == CarState.CONNECTED
-            and time.time() - (session.stats.state_since or 0.0) < within_s
+            and time.monotonic() - (session.stats.state_since or 0.0) < within_s
         ),
         15.0,
     )

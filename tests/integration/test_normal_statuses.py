@@ -651,7 +651,7 @@ async def test_first_device_of_module_registered_again_discards_stale_commands(
         car.send_command_response(SESSION_ID, counter, ext.CommandResponse.DEVICE_NOT_CONNECTED)
         await server.wait_until(lambda: len(session.registry) == 0)
         server.inject_command(CAR, DEVICE_1, b"stale")
-        queue = session._command_queues[EXAMPLE_MODULE]
+        queue = session.core.command_queues[EXAMPLE_MODULE]
         await server.wait_until(lambda: len(queue) == 1)  # buffered: no device of the module registered
         assert car.pending() == 0
         c = normal.next_status_counter

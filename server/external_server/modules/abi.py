@@ -7,30 +7,31 @@ this file and the headers cannot drift apart silently.
 from __future__ import annotations
 
 import ctypes
-from enum import IntEnum
 from typing import TYPE_CHECKING
 
-# general_error_codes.h
-OK = 0
-NOT_OK = -1
-RESERVED = -10
-# external_server_structures.h (es_error_codes)
-CONTEXT_INCORRECT = RESERVED - 1
-TIMEOUT_OCCURRED = RESERVED - 2
+from ..abi_codes import (
+    CONTEXT_INCORRECT,
+    DISCONNECT_ANNOUNCED,
+    DISCONNECT_ERROR,
+    DISCONNECT_TIMEOUT,
+    NOT_OK,
+    OK,
+    RESERVED,
+    TIMEOUT_OCCURRED,
+    DisconnectType,
+)
 
-
-class DisconnectType(IntEnum):
-    """Argument of device_disconnected (external_server_structures.h, disconnect_types)."""
-
-    ANNOUNCED = 0
-    TIMEOUT = 1
-    ERROR = 2
-
-
-# Plain-int spellings of the disconnect types.
-DISCONNECT_ANNOUNCED = int(DisconnectType.ANNOUNCED)
-DISCONNECT_TIMEOUT = int(DisconnectType.TIMEOUT)
-DISCONNECT_ERROR = int(DisconnectType.ERROR)
+__all__ = [
+    "CONTEXT_INCORRECT",
+    "DISCONNECT_ANNOUNCED",
+    "DISCONNECT_ERROR",
+    "DISCONNECT_TIMEOUT",
+    "NOT_OK",
+    "OK",
+    "RESERVED",
+    "TIMEOUT_OCCURRED",
+    "DisconnectType",
+]
 
 
 class Buffer(ctypes.Structure):

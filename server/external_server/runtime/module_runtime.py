@@ -14,12 +14,12 @@ import ctypes
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import TypeVar
 
-from ..device import Device
+from ..commands import QueuedCommand
 from ..modules.abi import OK, TIMEOUT_OCCURRED
 from ..modules.context import ModuleContext
 
@@ -29,13 +29,7 @@ _MAX_POPS_PER_BATCH = 10_000
 _ERROR_BACKOFF_INITIAL_S = 0.05
 _ERROR_BACKOFF_MAX_S = 2.0
 
-
-@dataclass(frozen=True, slots=True)
-class QueuedCommand:
-    """A command produced by a module, waiting to be sent to the car."""
-
-    data: bytes
-    device: Device
+__all__ = ["CallDurationObserver", "CommandsHandler", "ModuleRuntime", "QueuedCommand"]
 
 
 CommandsHandler = Callable[[list[QueuedCommand]], None]
@@ -67,7 +61,11 @@ class ModuleRuntime:
         self._stop_flag = ctypes.c_int(0)
         self._thread: threading.Thread | None = None
         self._destroyed = False
-        self._supported_types: dict[int, bool] = {}
+        # Commands popped from the module but not yet handed to the loop. Filled under the
+        # context lock, so a drain (also under it) sees every command popped before it.
+        self._popped: deque[QueuedCommand] = deque()
+        self._popped_lock = threading.Lock()  # never held during a module call
+        self._drains = 0
         self._on_commands: CommandsHandler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.wait_errors = 0
@@ -87,8 +85,32 @@ class ModuleRuntime:
 
     async def call(self, name: str, function: Callable[[ModuleContext], T]) -> T:
         """Run ``function(context)`` on the pool, holding the context lock; ``name`` labels its timing."""
+        return await self.submit(name, function)
+
+    def submit(self, name: str, function: Callable[[ModuleContext], T]) -> asyncio.Future[T]:
+        """Like :meth:`call`, as a future (the session driver adds a done callback, no task)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._locked, name, function)
+        return loop.run_in_executor(self._executor, self._locked, name, function)
+
+    def submit_drain(self) -> asyncio.Future[list[QueuedCommand]]:
+        """Every command the module has produced so far, oldest first, taken under the lock.
+
+        Includes what the waiting thread popped but has not handed to the loop yet, so the
+        caller sees each command exactly once, either here or in a later hand-over.
+        """
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, self._locked, "pop_command", self._drain)
+
+    def _drain(self, context: ModuleContext) -> list[QueuedCommand]:
+        # Called with the context lock held. A zero-timeout wait_for_command asks the module
+        # whether commands are obtainable without blocking (docs/design.md, "Commands
+        # produced during device_connected").
+        self._drains += 1
+        popped = self._pop_available() if context.wait_for_command(0) == OK else []
+        with self._popped_lock:
+            drained = [*self._popped, *popped]
+            self._popped.clear()
+        return drained
 
     def _locked(self, name: str, function: Callable[[ModuleContext], T]) -> T:
         with self._lock:
@@ -100,16 +122,6 @@ class ModuleRuntime:
             finally:
                 if self.on_call_duration is not None:
                     self.on_call_duration(name, time.perf_counter() - started)
-
-    async def is_device_type_supported(self, device_type: int) -> bool:
-        """Cached per type: support is taken to be constant for a context's lifetime."""
-        known = self._supported_types.get(device_type)
-        if known is None:
-            known = await self.call(
-                "is_device_type_supported", lambda context: context.is_device_type_supported(device_type)
-            )
-            self._supported_types[device_type] = known
-        return known
 
     # --- the command-waiting thread (§5.7) --------------------------------
 
@@ -142,6 +154,7 @@ class ModuleRuntime:
     def _wait_loop(self) -> None:
         backoff = _ERROR_BACKOFF_INITIAL_S
         while not self._stop.is_set():
+            drains_before_wait = self._drains
             try:
                 rc = self._context.wait_for_event(self._wait_timeout_ms, self._stop_flag)
             except Exception:  # a broken binding must not kill the thread silently
@@ -151,9 +164,8 @@ class ModuleRuntime:
                 return
             if rc == OK:
                 backoff = _ERROR_BACKOFF_INITIAL_S
-                batch = self._pop_batch()
-                if batch:
-                    self._hand_over(batch)
+                if self._pop_batch(drains_before_wait):
+                    self._hand_over()
             elif rc == TIMEOUT_OCCURRED:
                 backoff = _ERROR_BACKOFF_INITIAL_S
             else:
@@ -167,31 +179,51 @@ class ModuleRuntime:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _ERROR_BACKOFF_MAX_S)
 
-    def _pop_batch(self) -> list[QueuedCommand]:
-        batch: list[QueuedCommand] = []
+    def _pop_batch(self, drains_before_wait: int) -> bool:
+        """Pop what the module announced into the hand-over buffer; True if anything came."""
         with self._lock:
             if self._destroyed:
-                return batch
-            for _ in range(_MAX_POPS_PER_BATCH):
-                popped = self._context.pop_command()
-                if popped.remaining < 0 or popped.device is None:
-                    self.pop_errors += 1
-                    self._log.error(
-                        "Error in pop_command of module %d, return code: %d.",
-                        self.module_id,
-                        popped.remaining,
-                    )
-                    break
-                batch.append(QueuedCommand(popped.data, popped.device))
-                if popped.remaining == 0:
-                    break
+                return False
+            # A drain since our wait may have taken the commands the wait announced.
+            if self._drains != drains_before_wait and self._context.wait_for_command(0) != OK:
+                return False
+            batch = self._pop_available()
+            if batch:
+                with self._popped_lock:
+                    self._popped.extend(batch)
+        return bool(batch)
+
+    def _pop_available(self) -> list[QueuedCommand]:
+        """Pop until the module says none remain (the context lock is held by the caller)."""
+        batch: list[QueuedCommand] = []
+        for _ in range(_MAX_POPS_PER_BATCH):
+            popped = self._context.pop_command()
+            if popped.remaining < 0 or popped.device is None:
+                self.pop_errors += 1
+                self._log.error(
+                    "Error in pop_command of module %d, return code: %d.",
+                    self.module_id,
+                    popped.remaining,
+                )
+                break
+            batch.append(QueuedCommand(popped.data, popped.device))
+            if popped.remaining == 0:
+                break
         return batch
 
-    def _hand_over(self, batch: list[QueuedCommand]) -> None:
-        loop, handler = self._loop, self._on_commands
-        if loop is None or handler is None or loop.is_closed():
+    def _deliver(self) -> None:
+        """On the loop: hand whatever is in the buffer to the session (a drain may have emptied it)."""
+        with self._popped_lock:
+            batch = list(self._popped)
+            self._popped.clear()
+        if batch and self._on_commands is not None:
+            self._on_commands(batch)
+
+    def _hand_over(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
             return
         try:
-            loop.call_soon_threadsafe(handler, batch)
+            loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # loop closed between the check and the call: shutting down
             return

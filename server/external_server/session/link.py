@@ -7,6 +7,10 @@ from typing import Protocol
 from ..transport import CarTopics, MqttConnection, PublishError
 
 
+class LinkPublishError(Exception):
+    """A message to the car could not even be queued; the session resets."""
+
+
 class CarLink(Protocol):
     """What a car session needs from the transport (tests may plug in their own)."""
 
@@ -14,7 +18,7 @@ class CarLink(Protocol):
     def connected(self) -> bool: ...
 
     def publish(self, payload: bytes) -> None:
-        """Send one ExternalServer payload; raise PublishError when it cannot even be queued."""
+        """Send one ExternalServer payload; raise LinkPublishError when it cannot even be queued."""
 
     async def publish_disconnect_notification(self, timeout_s: float) -> bool:
         """Empty QoS-1 message on the disconnect topic; True once the broker acknowledged it."""
@@ -32,7 +36,10 @@ class MqttCarLink:
         return self._connection.connected
 
     def publish(self, payload: bytes) -> None:
-        self._connection.publish_nowait(self._topics.external_server, payload)
+        try:
+            self._connection.publish_nowait(self._topics.external_server, payload)
+        except PublishError as exc:
+            raise LinkPublishError(str(exc)) from exc
 
     async def publish_disconnect_notification(self, timeout_s: float) -> bool:
         try:

@@ -14,7 +14,9 @@ class SessionStats:
     ignored: Counter[str] = field(default_factory=Counter)
     resets: Counter[str] = field(default_factory=Counter)
     module_errors: Counter[str] = field(default_factory=Counter)
+    commands_dropped: Counter[str] = field(default_factory=Counter)
     dropped_overflow: int = 0
     sessions_started: int = 0
     last_message_at: float | None = None
+    """Monotonic seconds (the session core's clock); /status turns them into wall time."""
     state_since: float | None = None
