@@ -31,7 +31,6 @@ FORMER_CITATION = re.compile(
 PENDING_CONVERSION: frozenset[str] = frozenset(
     {
         "server/external_server/runtime/module_runtime.py",
-        "server/external_server/session/car_session.py",
         "server/external_server/session/reset.py",
         "server/external_server/session/state.py",
         "tests/integration/sequence_helpers.py",
