@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 
+from .claims import Claimant, ClaimKey, index_entry
 from .controller import Reconciler
 from .kube import KubeApi, fetch_json
 from .models import GROUP, PLURAL, VERSION
@@ -35,7 +36,7 @@ def reconciler() -> Reconciler:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     # Keep kopf's bookkeeping in annotations under our own prefix: the CRD's structural
     # schema would prune a status.kopf field.
     settings.persistence.finalizer = f"operator.{GROUP}/finalizer"
@@ -46,15 +47,27 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = FIELD_MANAGER
     settings.watching.server_timeout = 300
-    # Watch only the Deployments this operator made (server-side filter).
-    settings.watching.label_selectors["apps", "deployments"] = f"{LABEL_MANAGED_BY}={FIELD_MANAGER}"
+    # Watch only the StatefulSets this operator made (server-side filter).
+    settings.watching.label_selectors["apps", "statefulsets"] = f"{LABEL_MANAGED_BY}={FIELD_MANAGER}"
     STATE.api = await KubeApi.connect()
     timeout = SETTINGS.status_timeout
 
     async def fetch(url: str) -> Any | None:
         return await fetch_json(url, timeout)
 
-    STATE.reconciler = Reconciler(STATE.api, SETTINGS, fetch)
+    index: kopf.Index[ClaimKey, Claimant] = kwargs["car_claims"]
+
+    def claims(key: ClaimKey) -> list[Claimant]:
+        return list(index.get(key, ()))
+
+    STATE.reconciler = Reconciler(STATE.api, SETTINGS, fetch, claims)
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def car_claims(*, meta: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) -> dict[ClaimKey, Claimant]:
+    """Every watched ExternalServer's cars (see claims.py); kopf fills it from the watch before
+    any handler runs, so the first reconcile after a start already knows every claim."""
+    return index_entry(meta, spec)
 
 
 @kopf.on.cleanup()
@@ -85,13 +98,13 @@ async def refresh(*, namespace: str | None, name: str, **_: Any) -> None:
 @kopf.on.event(
     "apps",
     "v1",
-    "deployments",
+    "statefulsets",
     labels={LABEL_NAME: "external-server", LABEL_MANAGED_BY: FIELD_MANAGER, LABEL_INSTANCE: kopf.PRESENT},
 )
 async def shard_changed(
     *, type: str | None, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> None:
-    """A shard Deployment changed (readiness, deletion): refresh its owner right away."""
+    """A shard StatefulSet changed (readiness, deletion): refresh its owner right away."""
     if type is None or namespace is None:  # the initial listing: resume covers it
         return
     await reconciler().reconcile(namespace, labels[LABEL_INSTANCE])

@@ -31,7 +31,10 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Secret": ("api/v1", "secrets"),
     "Pod": ("api/v1", "pods"),
     "Event": ("api/v1", "events"),
+    "PodTemplate": ("api/v1", "podtemplates"),
     "Deployment": ("apis/apps/v1", "deployments"),
+    "StatefulSet": ("apis/apps/v1", "statefulsets"),
+    "Lease": ("apis/coordination.k8s.io/v1", "leases"),
     "ExternalServer": ("apis/fleetprotocol.io/v1alpha1", "externalservers"),
 }
 
@@ -145,11 +148,13 @@ class KubeApi:
         )
         return result
 
-    async def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+    async def delete(
+        self, kind: str, namespace: str, name: str, uid: str | None = None, propagation: str = "Background"
+    ) -> None:
         body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "DeleteOptions",
-            "propagationPolicy": "Background",
+            "propagationPolicy": propagation,
         }
         if uid is not None:
             body["preconditions"] = {"uid": uid}
@@ -169,6 +174,19 @@ class KubeApi:
             "POST", object_path(str(obj["kind"]), meta["namespace"]), body=obj
         )
         return result
+
+    async def validate_pod_template(self, namespace: str, name: str, template: Mapping[str, Any]) -> None:
+        """Server-side dry run of a PodTemplate holding ``template``: raises the API server's
+        validation error (KubeError 422) for a pod spec it would refuse; stores nothing."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"generateName": f"{name}-", "namespace": namespace},
+            "template": template,
+        }
+        await self._request(
+            "POST", object_path("PodTemplate", namespace), params={"dryRun": "All"}, body=body
+        )
 
 
 async def fetch_json(url: str, timeout_s: float) -> Any | None:

@@ -248,7 +248,10 @@ class ExternalServerSpec(KubeModel):
         min_length=1, description="The company's cars.", json_schema_extra=_list_map("name")
     )
     shards: int = Field(
-        default=1, ge=1, le=64, description="Cars are split over this many server Deployments."
+        default=1,
+        ge=1,
+        le=64,
+        description="Cars are split over this many server StatefulSets (one pod each).",
     )
     server: ServerPod = Field(default_factory=ServerPod, json_schema_extra=OBJECT_DEFAULT)
 
@@ -261,7 +264,7 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 class Condition(KubeModel):
     """A condition in the Kubernetes API conventions' shape."""
 
-    type: str = Field(description="Ready, ConfigValid or Progressing.")
+    type: str = Field(description="Ready, ConfigValid, Progressing or CarsExclusive.")
     status: ConditionStatus
     reason: str = ""
     message: str = ""
@@ -269,7 +272,7 @@ class Condition(KubeModel):
 
 
 class ShardCounts(KubeModel):
-    """Shard Deployments wanted and ready."""
+    """Shard StatefulSets wanted and ready."""
 
     desired: int = 0
     ready: int = 0

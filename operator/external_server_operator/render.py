@@ -1,4 +1,4 @@
-"""Pure builders: ExternalServer spec → server config JSON → ConfigMap, Deployment, Service.
+"""Pure builders: ExternalServer spec → server config JSON → ConfigMap, StatefulSet, Service.
 
 No I/O here: everything the builders need from the cluster (the owner's uid, the
 referenced Secrets' resourceVersions) is passed in, and the result is plain dicts ready
@@ -59,8 +59,29 @@ def assign_shards(spec: ExternalServerSpec) -> dict[int, list[Car]]:
     return dict(sorted(by_shard.items()))
 
 
-def deployment_name(name: str, shard: int) -> str:
+def workload_name(name: str, shard: int) -> str:
+    """The shard's StatefulSet (and, before, its Deployment); its one pod is ``<this>-0``."""
     return f"{name}-shard-{shard}"
+
+
+#: The MQTT 3.1.1 specification obliges every broker to accept client ids of 1 to 23 bytes
+#: (longer ones only "may" be accepted), so the ids stay within that.
+MAX_CLIENT_ID = 23
+
+
+def client_id(namespace: str, name: str, shard: int) -> str:
+    """The shard's MQTT client id, unique per ExternalServer (namespace and name) and shard.
+
+    ``es-<namespace>-<name>-<shard>`` when that fits in 23 bytes; otherwise a truncated
+    ``es-<namespace>-<name>`` followed by 8 hex digits of sha256("<namespace>/<name>") and the
+    shard, so two ExternalServers never share an id (a broker drops the older connection of
+    a reused id) and any MQTT 3.1.1 broker accepts it (docs/operator.md)."""
+    full = f"es-{namespace}-{name}-{shard}"
+    if len(full.encode()) <= MAX_CLIENT_ID:
+        return full
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:8]
+    tail = f"-{digest}-{shard}"
+    return f"es-{namespace}-{name}"[: MAX_CLIENT_ID - len(tail)] + tail
 
 
 def configmap_name(name: str, shard: int) -> str:
@@ -217,7 +238,9 @@ def render_configmap(owner: Owner, shard: int, config: str) -> dict[str, Any]:
     }
 
 
-def _container(spec: ExternalServerSpec, shard: int, modules: Sequence[Module], image: str) -> dict[str, Any]:
+def _container(
+    owner: Owner, spec: ExternalServerSpec, shard: int, modules: Sequence[Module], image: str
+) -> dict[str, Any]:
     command = ["external-server", "-c", CONFIG_PATH, "--http-port", str(HTTP_PORT)]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -227,7 +250,9 @@ def _container(spec: ExternalServerSpec, shard: int, modules: Sequence[Module], 
         command += ["--tls", "--ca", f"{TLS_DIR}/ca.crt", "--cert", f"{TLS_DIR}/tls.crt"]
         command += ["--key", f"{TLS_DIR}/tls.key"]
         mounts.append({"name": "broker-tls", "mountPath": TLS_DIR, "readOnly": True})
-    env: list[dict[str, Any]] = [{"name": CLIENT_ID_ENV, "value": f"es-{spec.company}-shard-{shard}"}]
+    env: list[dict[str, Any]] = [
+        {"name": CLIENT_ID_ENV, "value": client_id(owner.namespace, owner.name, shard)}
+    ]
     env += [
         {"name": secret_env_name(secret, key), "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for secret, key in secret_refs(modules)
@@ -266,7 +291,7 @@ def _container(spec: ExternalServerSpec, shard: int, modules: Sequence[Module], 
     return container
 
 
-def render_deployment(
+def render_statefulset(
     owner: Owner,
     *,
     spec: ExternalServerSpec,
@@ -275,7 +300,15 @@ def render_deployment(
     config_checksum: str,
     settings: Settings,
 ) -> dict[str, Any]:
-    """The Deployment of one shard: exactly one server pod, replaced (never surged)."""
+    """The StatefulSet of one shard: at most one server pod, by construction.
+
+    Its single pod is named ``<name>-shard-<i>-0``, and the StatefulSet controller creates a
+    pod of that name only once the previous one is gone from the API (terminated), for
+    rollouts, deletions and evictions alike, so two servers never hold a shard's cars at the
+    same time (a Deployment starts the replacement while the old pod is still terminating).
+    ``Parallel`` pod management: with one replica it differs from ``OrderedReady`` only in not
+    waiting for a broken pod to become Ready before replacing it with a fixed template.
+    ``serviceName`` (required) names the ExternalServer's Service; no per-pod DNS is used."""
     volumes: list[dict[str, Any]] = [
         {
             "name": "config",
@@ -304,7 +337,7 @@ def render_deployment(
         )
     pod_spec: dict[str, Any] = {
         "containers": [
-            _container(spec, shard, modules_of_cars(spec, cars), spec.server.image or settings.image)
+            _container(owner, spec, shard, modules_of_cars(spec, cars), spec.server.image or settings.image)
         ],
         "volumes": volumes,
         "terminationGracePeriodSeconds": spec.server.termination_grace_period_seconds,
@@ -328,11 +361,13 @@ def render_deployment(
         pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.server.image_pull_secrets]
     return {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(owner, deployment_name(owner.name, shard), shard),
+        "kind": "StatefulSet",
+        "metadata": _metadata(owner, workload_name(owner.name, shard), shard),
         "spec": {
             "replicas": 1,
-            "strategy": {"type": "Recreate"},
+            "serviceName": service_name(owner.name),
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector_labels(owner.name, shard)},
             "template": {
@@ -365,7 +400,7 @@ class Children:
     """Everything one ExternalServer owns, rendered."""
 
     configmaps: list[dict[str, Any]] = field(default_factory=list)
-    deployments: list[dict[str, Any]] = field(default_factory=list)
+    statefulsets: list[dict[str, Any]] = field(default_factory=list)
     service: dict[str, Any] = field(default_factory=dict)
     #: car name → shard
     assignment: dict[str, int] = field(default_factory=dict)
@@ -373,8 +408,8 @@ class Children:
     configs: dict[int, str] = field(default_factory=dict)
 
     def objects(self) -> list[dict[str, Any]]:
-        """In apply order: a Deployment's ConfigMap before the Deployment."""
-        return [*self.configmaps, *self.deployments, self.service]
+        """In apply order: a StatefulSet's ConfigMap before the StatefulSet."""
+        return [*self.configmaps, *self.statefulsets, self.service]
 
 
 def render_children(
@@ -396,8 +431,8 @@ def render_children(
         digest = checksum(text, {s: secret_versions.get(s, "") for s in used})
         children.configs[shard] = text
         children.configmaps.append(render_configmap(owner, shard, text))
-        children.deployments.append(
-            render_deployment(
+        children.statefulsets.append(
+            render_statefulset(
                 owner, spec=spec, shard=shard, cars=cars, config_checksum=digest, settings=settings
             )
         )

@@ -24,7 +24,7 @@ HTTP_PORT = 8080
 @dataclass(frozen=True)
 class Settings:
     image: str = DEFAULT_IMAGE
-    #: Seconds between status refreshes (pods' /status, Deployments' readiness, drift).
+    #: Seconds between status refreshes (pods' /status, StatefulSets' readiness, drift).
     status_interval: float = 10.0
     #: Timeout of one GET /status.
     status_timeout: float = 2.0

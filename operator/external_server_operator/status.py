@@ -1,6 +1,6 @@
 """Pure status computation: conditions, shard readiness, per-car session states.
 
-Inputs are plain data (the previous status, the live Deployments, the documents the pods'
+Inputs are plain data (the previous status, the live StatefulSets, the documents the pods'
 ``/status`` returned); the output is the new ``ExternalServerStatus``. The handlers patch
 the resource only when the result differs from what is stored, so an unchanged world
 produces no writes.
@@ -13,12 +13,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .claims import describe
 from .models import CarCounts, CarStatus, Condition, ConditionStatus, ExternalServerStatus, ShardCounts
 
 READY = "Ready"
 CONFIG_VALID = "ConfigValid"
 PROGRESSING = "Progressing"
-CONDITION_ORDER = (READY, CONFIG_VALID, PROGRESSING)
+#: False when cars of the spec are left out because an earlier ExternalServer serves them.
+CARS_EXCLUSIVE = "CarsExclusive"
+CONDITION_ORDER = (READY, CONFIG_VALID, PROGRESSING, CARS_EXCLUSIVE)
 
 UNKNOWN = "Unknown"
 #: Server states (docs/protocol.md §4.2) in which the car's session is established.
@@ -60,7 +63,7 @@ def condition(status: ExternalServerStatus, type_: str) -> Condition | None:
 
 @dataclass(frozen=True)
 class ShardState:
-    """What a shard's Deployment reports."""
+    """What a shard's StatefulSet reports."""
 
     shard: int
     exists: bool
@@ -68,19 +71,22 @@ class ShardState:
     rolled_out: bool
 
 
-def shard_state(shard: int, deployment: Mapping[str, Any] | None) -> ShardState:
-    """Readiness of one shard from its live Deployment (None: not created yet)."""
-    if deployment is None:
+def shard_state(shard: int, workload: Mapping[str, Any] | None) -> ShardState:
+    """Readiness of one shard from its live StatefulSet (None: not created yet)."""
+    if workload is None:
         return ShardState(shard, exists=False, ready=False, rolled_out=False)
-    meta = deployment.get("metadata") or {}
-    st = deployment.get("status") or {}
+    meta = workload.get("metadata") or {}
+    st = workload.get("status") or {}
     generation = int(meta.get("generation") or 0)
     observed = int(st.get("observedGeneration") or 0)
     ready = int(st.get("readyReplicas") or 0) >= 1
     # Rolled out: the controller saw the current template, the one pod runs it and is
-    # ready, and no pod of an older template is left.
+    # ready, and no pod of an older template is left (a StatefulSet also names its current
+    # and its update revision: equal once the rollout is complete).
     updated = int(st.get("updatedReplicas") or 0) >= 1 and ready
     stale = int(st.get("replicas") or 0) > int(st.get("updatedReplicas") or 0)
+    current, update = st.get("currentRevision"), st.get("updateRevision")
+    stale = stale or bool(current and update and current != update)
     return ShardState(
         shard, exists=True, ready=ready, rolled_out=observed >= generation and updated and not stale
     )
@@ -189,6 +195,9 @@ class Observation:
     reports: Mapping[int, Mapping[str, CarReport] | None]
     #: The API server rejected a child (message), so the spec is only partly applied.
     apply_error: str | None = None
+    #: Cars left out because an earlier ExternalServer serves them: car → "namespace/name";
+    #: None when not evaluated (invalid spec: the condition stays as it was).
+    claimed: Mapping[str, str] | None = None
 
 
 def compute_status(previous: ExternalServerStatus, obs: Observation, now: str) -> ExternalServerStatus:
@@ -222,6 +231,12 @@ def compute_status(previous: ExternalServerStatus, obs: Observation, now: str) -
         put(PROGRESSING, "True", "RollingOut", f"shards rolling out: {', '.join(pending)}")
     else:
         put(PROGRESSING, "False", "RolledOut", "every shard runs the current spec")
+
+    if obs.claimed is not None:
+        if obs.claimed:
+            put(CARS_EXCLUSIVE, "False", "CarsClaimedElsewhere", describe(obs.claimed))
+        else:
+            put(CARS_EXCLUSIVE, "True", "NoConflicts", "no car is listed by another ExternalServer")
 
     cars = aggregate_car_statuses(obs.assignment, obs.reports, previous.car_statuses, now)
     return ExternalServerStatus(

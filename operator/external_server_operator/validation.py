@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from .models import ExternalServerSpec, Module
 
 #: Children are named "<name>-shard-<i>-config" and labelled with <name>; a DNS-1035
-#: label of at most this length keeps every derived name (including the pods'
-#: ReplicaSet hash suffixes) within Kubernetes' 63-character limits.
+#: label of at most this length keeps every derived name (including the StatefulSet pods'
+#: controller-revision-hash label "<name>-shard-<i>-<hash>") within Kubernetes' 63-character
+#: limits.
 MAX_NAME_LENGTH = 40
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -72,7 +73,7 @@ def validate_spec(name: str, spec: ExternalServerSpec) -> list[Problem]:
                 "InvalidName",
                 f"metadata.name {name!r} must be a DNS-1035 label (lower-case letters, digits, '-', "
                 f"starting with a letter) of at most {MAX_NAME_LENGTH} characters: it names the "
-                "Service and the shard Deployments",
+                "Service and the shard StatefulSets",
             )
         )
     dup_cars = _duplicates(c.name for c in spec.cars)

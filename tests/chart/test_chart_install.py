@@ -30,15 +30,15 @@ pytestmark = pytest.mark.cluster
 CRD_NAME = "externalservers.fleetprotocol.io"
 
 
-def expected_deployments(spec: dict[str, Any]) -> set[str]:
-    """The shard Deployments the operator must create for ``spec`` (non-empty shards only)."""
+def expected_shards(spec: dict[str, Any]) -> set[str]:
+    """The shard StatefulSets the operator must create for ``spec`` (non-empty shards only)."""
     shards = int(spec.get("shards", 1))
     return {f"-shard-{shard_of(car['name'], shards)}" for car in spec["cars"]}
 
 
-def shard_deployments(cluster: Cluster, ns: str, name: str) -> set[str]:
+def shard_statefulsets(cluster: Cluster, ns: str, name: str) -> set[str]:
     selector = f"app.kubernetes.io/managed-by=external-server-operator,app.kubernetes.io/instance={name}"
-    return {d["metadata"]["name"].removeprefix(name) for d in cluster.list("deployment", ns, selector)}
+    return {d["metadata"]["name"].removeprefix(name) for d in cluster.list("statefulset", ns, selector)}
 
 
 def observed(cluster: Cluster, ns: str, name: str, generation: int) -> dict[str, Any] | None:
@@ -57,10 +57,10 @@ def wait_reconciled(
         timeout=45,
         on_timeout=op.log()[-4000:],
     )
-    want = expected_deployments(spec)
+    want = expected_shards(spec)
     wait_for(
-        f"{ns}/{name} shard Deployments {sorted(want)}",
-        lambda: shard_deployments(cluster, ns, name) == want,
+        f"{ns}/{name} shard StatefulSets {sorted(want)}",
+        lambda: shard_statefulsets(cluster, ns, name) == want,
         timeout=30,
         on_timeout=op.log()[-4000:],
     )
@@ -146,7 +146,9 @@ def test_install_upgrade_uninstall_cluster_wide(
             ("create", "secrets"),
             ("delete", "externalservers.fleetprotocol.io"),
             ("create", "externalservers.fleetprotocol.io"),
-            ("update", "deployments.apps"),
+            ("update", "statefulsets.apps"),
+            ("create", "deployments.apps"),
+            ("get", "podtemplates"),
             ("create", "pods"),
             ("delete", "pods"),
             ("get", "pods"),
@@ -167,8 +169,8 @@ def test_install_upgrade_uninstall_cluster_wide(
         assert "STATUS: deployed" in out.stdout and "REVISION: 2" in out.stdout
         wait_reconciled(cluster, op, ns, "acme", acme["spec"], generation=2)
         cm = cluster.get("configmap", "acme-shard-0-config", ns) or {}
-        print(f"acme after upgrade: {sorted(shard_deployments(cluster, ns, 'acme'))}")
-        assert cm or "-shard-0" not in expected_deployments(acme["spec"])
+        print(f"acme after upgrade: {sorted(shard_statefulsets(cluster, ns, 'acme'))}")
+        assert cm or "-shard-0" not in expected_shards(acme["spec"])
 
         assert not forbidden_lines(op.log()), "\n".join(forbidden_lines(op.log()))
 
@@ -186,9 +188,9 @@ def test_install_upgrade_uninstall_cluster_wide(
             on_timeout=op.log()[-4000:],
         )
         wait_for(
-            "the shard Deployments garbage-collected",
+            "the shard StatefulSets garbage-collected",
             lambda: (
-                not cluster.list("deployment", ns, "app.kubernetes.io/managed-by=external-server-operator")
+                not cluster.list("statefulset", ns, "app.kubernetes.io/managed-by=external-server-operator")
             ),
             timeout=60,
         )
@@ -225,7 +227,7 @@ def test_install_namespaced_try_out(cluster_helm: Helm, chart_cluster: Cluster, 
         assert not can_i(cluster, user, "get", "customresourcedefinitions.apiextensions.k8s.io")
         assert can_i(cluster, user, "list", "namespaces")
         assert can_i(cluster, user, "patch", "externalservers.fleetprotocol.io/status", "-n", ns)
-        assert can_i(cluster, user, "delete", "deployments.apps", "-n", ns)
+        assert can_i(cluster, user, "delete", "statefulsets.apps", "-n", ns)
         assert not forbidden_lines(op.log()), "\n".join(forbidden_lines(op.log()))
 
         text, hooks = helm_uninstall_running_hooks(cluster, cluster_helm, release, ns, tmp_path)

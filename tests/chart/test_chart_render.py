@@ -48,7 +48,11 @@ NAMESPACED_RULES = {
     ("fleetprotocol.io", "externalservers/finalizers"): {"update"},
     ("", "configmaps"): {"get", "list", "create", "patch", "delete"},
     ("", "services"): {"get", "list", "create", "patch", "delete"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "delete"},
+    # shard Deployments of operator versions before the StatefulSets: deleted on upgrade
+    ("apps", "deployments"): {"list", "delete"},
+    # server-side dry run of the shards' pod templates (never stored)
+    ("", "podtemplates"): {"create"},
     ("", "pods"): {"list"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},

@@ -397,6 +397,7 @@ class Operator:
                 "--all-namespaces",
                 "--liveness-host=127.0.0.1",
                 f"--liveness-port={self.liveness_port}",
+                *(["--verbose"] if os.environ.get("FLEET_TEST_OPERATOR_VERBOSE") == "1" else []),
             ],
             env=env,
         )

@@ -1,9 +1,9 @@
-"""The chain: ExternalServer → operator → ConfigMap + Deployment → a real server runs that config
+"""The chain: ExternalServer → operator → ConfigMap + StatefulSet → a real server runs that config
 against a real mosquitto → a simulated car completes its session (issue 4, "the chain test").
 
 No kubelet runs here, so the test plays the pod: it takes the config file from the ConfigMap the
 operator rendered, the command line and the environment (Secret references resolved) from the
-Deployment's container, and starts the server process with them.
+StatefulSet's container, and starts the server process with them.
 """
 
 from __future__ import annotations
@@ -124,15 +124,15 @@ def test_rendered_config_runs_a_real_server_session(
     config_map = wait_for(
         "the rendered ConfigMap", lambda: cluster.get("configmap", "chain-shard-0-config", namespace)
     )
-    deployment = wait_for(
-        "the shard Deployment", lambda: cluster.get("deployment", "chain-shard-0", namespace)
+    statefulset = wait_for(
+        "the shard StatefulSet", lambda: cluster.get("statefulset", "chain-shard-0", namespace)
     )
     text = config_map["data"]["config.json"]
     assert TOKEN not in text, "secret values never sit in the ConfigMap"
     config_path = tmp_path / "config.json"
     config_path.write_text(text)
 
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
     command = list(container["command"])
     assert command[:3] == ["external-server", "-c", "/etc/external-server/config.json"]
     command[2] = str(config_path)

@@ -33,7 +33,10 @@ TOKEN = "s3cr3t-token-value"
 
 
 def resource(name: str, namespace: str, **changes: Any) -> dict[str, Any]:
+    """An ExternalServer; each test namespace has its own broker unless ``broker`` is given (the
+    same company and car on one broker are one car, served by one ExternalServer only)."""
     spec = copy.deepcopy(SPEC)
+    spec["broker"] = {"host": f"mosquitto.{namespace}.svc"}
     spec.update(changes)
     return {
         "apiVersion": "fleetprotocol.io/v1alpha1",
@@ -81,10 +84,10 @@ def wait_observed(
 
 
 def children(cluster: Cluster, ns: str) -> dict[str, dict[str, Any]]:
-    """ConfigMaps, Deployments and Services the operator made in ``ns``, by kind/name."""
+    """ConfigMaps, StatefulSets and Services the operator made in ``ns``, by kind/name."""
     out: dict[str, dict[str, Any]] = {}
     selector = "app.kubernetes.io/managed-by=external-server-operator"
-    for kind in ("configmap", "deployment", "service"):
+    for kind in ("configmap", "statefulset", "service"):
         for obj in cluster.list(kind, ns, selector):
             out[f"{kind}/{obj['metadata']['name']}"] = obj
     return out
@@ -94,8 +97,8 @@ def versions(objs: dict[str, dict[str, Any]]) -> dict[str, str]:
     return {k: v["metadata"]["resourceVersion"] for k, v in objs.items()}
 
 
-def template_checksum(deployment: dict[str, Any]) -> str:
-    return str(deployment["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION])
+def template_checksum(workload: dict[str, Any]) -> str:
+    return str(workload["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION])
 
 
 def config_of(cm: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +125,7 @@ def test_create_renders_children(cluster: Cluster, operator: Operator) -> None:
     st = wait_observed(cluster, operator, ns, "acme", 1, "True")
 
     objs = wait_for("three children", lambda: (c := children(cluster, ns)) and len(c) == 3 and c)
-    assert set(objs) == {"configmap/acme-shard-0-config", "deployment/acme-shard-0", "service/acme"}
+    assert set(objs) == {"configmap/acme-shard-0-config", "statefulset/acme-shard-0", "service/acme"}
     es = cluster.get("externalserver", "acme", ns)
     assert es is not None
     for obj in objs.values():
@@ -145,9 +148,9 @@ def test_create_renders_children(cluster: Cluster, operator: Operator) -> None:
     )
     assert set(cfg["cars"]) == {"car_a", "car_b"}
 
-    dep = objs["deployment/acme-shard-0"]
+    dep = objs["statefulset/acme-shard-0"]
     assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    assert dep["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["image"] == "registry.invalid/fleet-external-server:test"
@@ -175,8 +178,9 @@ def test_create_renders_children(cluster: Cluster, operator: Operator) -> None:
         "app.kubernetes.io/instance": "acme",
     }
 
-    # kube-controller-manager turns the Deployment into a ReplicaSet and a (Pending) Pod
-    wait_for("a ReplicaSet", lambda: cluster.list("replicaset", ns, "app.kubernetes.io/instance=acme"))
+    # kube-controller-manager's StatefulSet controller makes the shard's one (Pending) Pod
+    (pod,) = wait_for("the Pod", lambda: cluster.list("pod", ns, "app.kubernetes.io/instance=acme"))
+    assert pod["metadata"]["name"] == "acme-shard-0-0"
     assert conditions(st)["Ready"]["status"] == "False"
     assert st["cars"] == {"total": 2, "connected": 0}
     assert {c["name"]: (c["shard"], c["state"]) for c in st["carStatuses"]} == {
@@ -197,8 +201,8 @@ def test_update_rolls_out(cluster: Cluster, operator: Operator) -> None:
     cluster.apply(resource("acme", ns))
     wait_observed(cluster, operator, ns, "acme", 1, "True")
     before = wait_for("children", lambda: (c := children(cluster, ns)) and len(c) == 3 and c)
-    wait_for("first ReplicaSet", lambda: len(cluster.list("replicaset", ns)) == 1)
-    sum1 = template_checksum(before["deployment/acme-shard-0"])
+    wait_for("first ControllerRevision", lambda: len(cluster.list("controllerrevision", ns)) == 1)
+    sum1 = template_checksum(before["statefulset/acme-shard-0"])
 
     # a module value and a new car
     changed = resource("acme", ns, cars=[*SPEC["cars"], {"name": "car_c"}])
@@ -209,24 +213,24 @@ def test_update_rolls_out(cluster: Cluster, operator: Operator) -> None:
     cfg = config_of(after["configmap/acme-shard-0-config"])
     assert cfg["common_modules"]["1000"]["config"]["any_key"] == "new value"
     assert set(cfg["cars"]) == {"car_a", "car_b", "car_c"}
-    sum2 = template_checksum(after["deployment/acme-shard-0"])
+    sum2 = template_checksum(after["statefulset/acme-shard-0"])
     assert sum2 != sum1
     assert (
-        after["deployment/acme-shard-0"]["metadata"]["generation"]
-        > before["deployment/acme-shard-0"]["metadata"]["generation"]
+        after["statefulset/acme-shard-0"]["metadata"]["generation"]
+        > before["statefulset/acme-shard-0"]["metadata"]["generation"]
     )
     assert (
         after["service/acme"]["metadata"]["resourceVersion"]
         == before["service/acme"]["metadata"]["resourceVersion"]
     )
-    # rollout: the controller-manager makes a ReplicaSet for the new pod template
-    wait_for("a second ReplicaSet", lambda: len(cluster.list("replicaset", ns)) == 2)
+    # rollout: the controller-manager records a revision for the new pod template
+    wait_for("a second ControllerRevision", lambda: len(cluster.list("controllerrevision", ns)) == 2)
 
     # rotating the referenced Secret rolls the pods too (picked up by the status timer)
     cluster.apply(secret("acme-api", ns, {"token": "rotated-token"}))
     wait_for(
         "checksum change after Secret rotation",
-        lambda: template_checksum(children(cluster, ns)["deployment/acme-shard-0"]) not in (sum1, sum2),
+        lambda: template_checksum(children(cluster, ns)["statefulset/acme-shard-0"]) not in (sum1, sum2),
         timeout=STATUS_INTERVAL * 5,
     )
 
@@ -312,7 +316,7 @@ def test_invalid_spec_reported_and_children_kept(cluster: Cluster, operator: Ope
 
 
 def test_rejected_child_is_reported(cluster: Cluster, operator: Operator) -> None:
-    """A spec the CRD accepts but the Deployment API rejects: reported, not crash-looping."""
+    """A spec the CRD accepts but the StatefulSet API rejects: reported, not crash-looping."""
     ns = cluster.namespace("exs-rejected")
     cluster.apply(secret("acme-api", ns, {"token": TOKEN}))
     cluster.apply(resource("acme", ns, server={"nodeSelector": {"not a label key!": "x"}}))
@@ -320,10 +324,10 @@ def test_rejected_child_is_reported(cluster: Cluster, operator: Operator) -> Non
     progressing = conditions(st)["Progressing"]
     assert progressing["status"] == "False" and progressing["reason"] == "ApplyFailed"
     assert "nodeSelector" in progressing["message"]
-    assert "deployment/acme-shard-0" not in children(cluster, ns)
+    assert "statefulset/acme-shard-0" not in children(cluster, ns)
     cluster.apply(resource("acme", ns))
     wait_for(
-        "the Deployment once the spec is fixed", lambda: "deployment/acme-shard-0" in children(cluster, ns)
+        "the StatefulSet once the spec is fixed", lambda: "statefulset/acme-shard-0" in children(cluster, ns)
     )
 
 
@@ -339,7 +343,7 @@ def test_sharding(cluster: Cluster, operator: Operator) -> None:
     for shard in set(expected.values()):
         cfg = config_of(objs[f"configmap/fleet-shard-{shard}-config"])
         assert set(cfg["cars"]) == {c for c, s in expected.items() if s == shard}
-        assert f"deployment/fleet-shard-{shard}" in objs
+        assert f"statefulset/fleet-shard-{shard}" in objs
     assert st["shards"] == {"desired": len(set(expected.values())), "ready": 0}
 
     cluster.apply(resource("fleet", ns, cars=cars, shards=1))
@@ -348,7 +352,7 @@ def test_sharding(cluster: Cluster, operator: Operator) -> None:
         "extra shards deleted",
         lambda: (c := children(cluster, ns)) and len(c) == 3 and c,
     )
-    assert set(objs) == {"configmap/fleet-shard-0-config", "deployment/fleet-shard-0", "service/fleet"}
+    assert set(objs) == {"configmap/fleet-shard-0-config", "statefulset/fleet-shard-0", "service/fleet"}
     assert len(config_of(objs["configmap/fleet-shard-0-config"])["cars"]) == 8
 
 
@@ -404,7 +408,7 @@ def test_operator_restart_changes_nothing(cluster: Cluster, operator: Operator) 
     cluster.apply(resource("acme", ns, shards=2, cars=[{"name": f"car_{i}"} for i in range(4)]))
     wait_observed(cluster, operator, ns, "acme", 1, "True")
     wait_for("children", lambda: len(children(cluster, ns)) == 5)
-    time.sleep(STATUS_INTERVAL + 0.5)  # let the Deployments' status settle
+    time.sleep(STATUS_INTERVAL + 0.5)  # let the StatefulSets' status settle
     before = versions(children(cluster, ns))
     es_before = cluster.get("externalserver", "acme", ns)
 
@@ -432,8 +436,12 @@ def test_delete_garbage_collects_children(cluster: Cluster, operator: Operator) 
     cluster.apply(resource("acme", ns))
     wait_observed(cluster, operator, ns, "acme", 1, "True")
     wait_for("children", lambda: len(children(cluster, ns)) == 3)
-    wait_for("a ReplicaSet", lambda: cluster.list("replicaset", ns))
+    wait_for("a Pod", lambda: cluster.list("pod", ns))
     cluster.kubectl("delete", "externalserver", "acme", "-n", ns, "--timeout=30s")
     wait_for("children garbage-collected", lambda: not children(cluster, ns), timeout=60)
-    wait_for("ReplicaSets and Pods garbage-collected", lambda: not cluster.list("replicaset", ns), timeout=60)
+    wait_for(
+        "ControllerRevisions garbage-collected",
+        lambda: not cluster.list("controllerrevision", ns),
+        timeout=60,
+    )
     wait_for("Pods garbage-collected", lambda: not cluster.list("pod", ns), timeout=60)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from external_server_operator.claims import Claimant
 from external_server_operator.controller import Reconciler
 from external_server_operator.errors import KubeError
 from external_server_operator.render import CHECKSUM_ANNOTATION
@@ -61,12 +62,14 @@ class FakeApi:
         new = copy.deepcopy(dict(obj))
         if live is not None:
             new["metadata"]["uid"] = live["metadata"]["uid"]
-        if new["kind"] == "Deployment":
+        if new["kind"] == "StatefulSet":
             new.setdefault("status", {})
             new["metadata"]["generation"] = (live or {}).get("metadata", {}).get("generation", 0) + 1
         return self.put(new)
 
-    async def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+    async def delete(
+        self, kind: str, namespace: str, name: str, uid: str | None = None, propagation: str = "Background"
+    ) -> None:
         self.calls.append(("delete", kind, name))
         self.objects.pop((kind, namespace, name), None)
 
@@ -79,6 +82,9 @@ class FakeApi:
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         self.events.append(copy.deepcopy(dict(obj)))
         return dict(obj)
+
+    async def validate_pod_template(self, namespace: str, name: str, template: Mapping[str, Any]) -> None:
+        self.calls.append(("validate", "PodTemplate", name))
 
     # helpers
     def resource(self, spec: dict[str, Any], generation: int = 1) -> None:
@@ -169,7 +175,7 @@ async def test_create_then_idle(api: FakeApi, reconciler: Reconciler) -> None:
 async def test_update_changes_configmap_and_checksum(api: FakeApi, reconciler: Reconciler) -> None:
     api.resource(spec_dict())
     await reconciler.reconcile(NS, NAME)
-    dep = api.objects[("Deployment", NS, "acme-shard-0")]
+    dep = api.objects[("StatefulSet", NS, "acme-shard-0")]
     sum1 = dep["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
     data = spec_dict()
     data["modules"][0]["config"]["any_key"] = "changed"
@@ -177,9 +183,9 @@ async def test_update_changes_configmap_and_checksum(api: FakeApi, reconciler: R
     api.calls.clear()
     await reconciler.reconcile(NS, NAME)
     assert ("apply", "ConfigMap", "acme-shard-0-config") in api.calls
-    assert ("apply", "Deployment", "acme-shard-0") in api.calls
+    assert ("apply", "StatefulSet", "acme-shard-0") in api.calls
     assert ("apply", "Service", "acme") not in api.calls
-    dep = api.objects[("Deployment", NS, "acme-shard-0")]
+    dep = api.objects[("StatefulSet", NS, "acme-shard-0")]
     assert dep["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION] != sum1
     assert '"changed"' in api.objects[("ConfigMap", NS, "acme-shard-0-config")]["data"]["config.json"]
     assert api.status()["observedGeneration"] == 2
@@ -188,12 +194,12 @@ async def test_update_changes_configmap_and_checksum(api: FakeApi, reconciler: R
 async def test_secret_rotation_rolls_the_pods(api: FakeApi, reconciler: Reconciler) -> None:
     api.resource(spec_dict())
     await reconciler.reconcile(NS, NAME)
-    sum1 = api.objects[("Deployment", NS, "acme-shard-0")]["spec"]["template"]["metadata"]["annotations"]
+    sum1 = api.objects[("StatefulSet", NS, "acme-shard-0")]["spec"]["template"]["metadata"]["annotations"]
     api.put({"kind": "Secret", "metadata": {"name": "acme-api", "namespace": NS}, "data": {"token": "bmV3"}})
     api.calls.clear()
     await reconciler.reconcile(NS, NAME)
-    assert [c for c in api.calls if c[0] == "apply"] == [("apply", "Deployment", "acme-shard-0")]
-    sum2 = api.objects[("Deployment", NS, "acme-shard-0")]["spec"]["template"]["metadata"]["annotations"]
+    assert [c for c in api.calls if c[0] == "apply"] == [("apply", "StatefulSet", "acme-shard-0")]
+    sum2 = api.objects[("StatefulSet", NS, "acme-shard-0")]["spec"]["template"]["metadata"]["annotations"]
     assert sum1 != sum2
 
 
@@ -238,16 +244,16 @@ async def test_schema_violation_is_a_condition(api: FakeApi, reconciler: Reconci
 async def test_fewer_shards_delete_the_extra_ones(api: FakeApi, reconciler: Reconciler) -> None:
     api.resource(spec_dict(shards=7))  # car_b → 0, car_a → 1, car_c → 5
     await reconciler.reconcile(NS, NAME)
-    assert {n for (k, _, n) in api.objects if k == "Deployment"} == {
+    assert {n for (k, _, n) in api.objects if k == "StatefulSet"} == {
         "acme-shard-0",
         "acme-shard-1",
         "acme-shard-5",
     }
     api.resource(spec_dict(shards=1), generation=2)
     await reconciler.reconcile(NS, NAME)
-    assert {n for (k, _, n) in api.objects if k == "Deployment"} == {"acme-shard-0"}
+    assert {n for (k, _, n) in api.objects if k == "StatefulSet"} == {"acme-shard-0"}
     assert {n for (k, _, n) in api.objects if k == "ConfigMap"} == {"acme-shard-0-config"}
-    assert ("delete", "Deployment", "acme-shard-5") in api.calls
+    assert ("delete", "StatefulSet", "acme-shard-5") in api.calls
 
 
 async def test_car_status_from_pods(api: FakeApi, docs: Docs, reconciler: Reconciler) -> None:
@@ -269,7 +275,7 @@ async def test_car_status_from_pods(api: FakeApi, docs: Docs, reconciler: Reconc
                 "status": {"phase": "Running", "podIP": ip},
             }
         )
-        dep = api.objects[("Deployment", NS, f"acme-shard-{shard}")]
+        dep = api.objects[("StatefulSet", NS, f"acme-shard-{shard}")]
         dep["status"] = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
     docs.by_url["http://10.0.0.5:18080/status"] = {
         "cars": {"car_b": {"state": "RUNNING", "devices": [{"module": 2}, {"module": 1000}]}}
@@ -291,14 +297,10 @@ async def test_deleted_resource_is_ignored(api: FakeApi, reconciler: Reconciler)
 
 
 async def test_rejected_child_is_reported(api: FakeApi, reconciler: Reconciler) -> None:
-    real_apply = api.apply
+    async def validate(namespace: str, name: str, template: Mapping[str, Any]) -> None:
+        raise KubeError(422, "POST", "/api/v1/...", '{"message": "nodeSelector: Invalid value"}')
 
-    async def apply(obj: Mapping[str, Any]) -> dict[str, Any]:
-        if obj["kind"] == "Deployment":
-            raise KubeError(422, "PATCH", "/apis/apps/v1/...", '{"message": "nodeSelector: Invalid value"}')
-        return await real_apply(obj)
-
-    api.apply = apply  # type: ignore[method-assign]
+    api.validate_pod_template = validate  # type: ignore[method-assign]
     api.resource(spec_dict())
     await reconciler.reconcile(NS, NAME)
     assert conditions(api)["ConfigValid"] == ("True", "Valid")
@@ -334,3 +336,60 @@ def test_kube_error_message_and_kind() -> None:
         False,
         False,
     ]
+
+
+async def test_cars_served_by_an_earlier_externalserver_are_left_out(api: FakeApi, docs: Docs) -> None:
+    earlier = Claimant("2020-01-01T00:00:00Z", "other", "first")
+    taken = ("mosquitto.fleet.svc", 1883, "acme_corp", "car_b")
+    reconciler = Reconciler(api, Settings(), docs, lambda key: [earlier] if key == taken else [])
+    api.resource(spec_dict())
+    api.objects[("ExternalServer", NS, NAME)]["metadata"]["creationTimestamp"] = "2021-01-01T00:00:00Z"
+    await reconciler.reconcile(NS, NAME)
+    cfg = json.loads(api.objects[("ConfigMap", NS, "acme-shard-0-config")]["data"]["config.json"])
+    assert set(cfg["cars"]) == {"car_a", "car_c"}
+    assert conditions(api)["CarsExclusive"] == ("False", "CarsClaimedElsewhere")
+    assert [c["name"] for c in api.status()["carStatuses"]] == ["car_a", "car_c"]
+    claimed = [e for e in api.events if e["reason"] == "CarClaimed"]
+    assert len(claimed) == 1 and "car_b (served by other/first)" in claimed[0]["message"]
+    await reconciler.reconcile(NS, NAME)
+    assert len([e for e in api.events if e["reason"] == "CarClaimed"]) == 1  # reported once
+
+
+async def test_deployments_of_an_older_version_go_before_their_statefulsets_come(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    labels = {
+        "app.kubernetes.io/name": "external-server",
+        "app.kubernetes.io/instance": NAME,
+        "app.kubernetes.io/managed-by": "external-server-operator",
+        "fleetprotocol.io/shard": "0",
+    }
+    owner = [{"uid": "es-uid", "controller": True}]
+    api.put(
+        {
+            "kind": "Deployment",
+            "metadata": {"name": "acme-shard-0", "namespace": NS, "labels": labels, "ownerReferences": owner},
+        }
+    )
+    deletes: list[str] = []
+    real_delete = api.delete
+
+    async def foreground(
+        kind: str, namespace: str, name: str, uid: str | None = None, propagation: str = "Background"
+    ) -> None:
+        # Foreground: the Deployment stays (Terminating) until its pods are gone.
+        deletes.append(f"{kind}/{name}/{propagation}")
+        api.objects[(kind, namespace, name)]["metadata"]["deletionTimestamp"] = "now"
+
+    api.delete = foreground  # type: ignore[method-assign]
+    api.resource(spec_dict())
+    await reconciler.reconcile(NS, NAME)
+    assert deletes == ["Deployment/acme-shard-0/Foreground"]
+    assert ("StatefulSet", NS, "acme-shard-0") not in api.objects
+    await reconciler.reconcile(NS, NAME)
+    assert len(deletes) == 1  # not deleted twice
+    assert ("StatefulSet", NS, "acme-shard-0") not in api.objects
+    api.delete = real_delete  # type: ignore[method-assign]
+    del api.objects[("Deployment", NS, "acme-shard-0")]  # its pod is gone, so is it
+    await reconciler.reconcile(NS, NAME)
+    assert ("StatefulSet", NS, "acme-shard-0") in api.objects

@@ -12,8 +12,10 @@ from external_server_operator.models import ExternalServerSpec
 from external_server_operator.render import (
     CHECKSUM_ANNOTATION,
     CONFIG_PATH,
+    MAX_CLIENT_ID,
     assign_shards,
     checksum,
+    client_id,
     config_text,
     env_reference,
     is_subset,
@@ -146,7 +148,7 @@ def test_children_per_shard() -> None:
         "acme-shard-0-config",
         "acme-shard-1-config",
     ]
-    assert [d["metadata"]["name"] for d in children.deployments] == ["acme-shard-0", "acme-shard-1"]
+    assert [d["metadata"]["name"] for d in children.statefulsets] == ["acme-shard-0", "acme-shard-1"]
     assert children.service["metadata"]["name"] == "acme"
     assert children.assignment == {"car_a": 1, "car_b": 0, "car_c": 1}
     for shard, cm in enumerate(children.configmaps):
@@ -155,8 +157,8 @@ def test_children_per_shard() -> None:
     assert [o["kind"] for o in children.objects()] == [
         "ConfigMap",
         "ConfigMap",
-        "Deployment",
-        "Deployment",
+        "StatefulSet",
+        "StatefulSet",
         "Service",
     ]
 
@@ -181,11 +183,16 @@ def test_every_child_is_owned_and_labelled() -> None:
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "external-server-operator"
 
 
-def test_deployment_shape() -> None:
+def test_statefulset_shape() -> None:
     children = render_children(OWNER, spec(shards=2), VERSIONS, SETTINGS)
-    d = children.deployments[0]
+    d = children.statefulsets[0]
+    assert (d["apiVersion"], d["kind"]) == ("apps/v1", "StatefulSet")
     assert d["spec"]["replicas"] == 1
-    assert d["spec"]["strategy"] == {"type": "Recreate"}
+    # one pod named <name>-shard-<i>-0: a replacement only once the old one is gone
+    assert d["spec"]["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}
+    assert d["spec"]["podManagementPolicy"] == "Parallel"
+    assert d["spec"]["serviceName"] == "acme"
+    assert "strategy" not in d["spec"]
     selector = d["spec"]["selector"]["matchLabels"]
     assert selector == {
         "app.kubernetes.io/name": "external-server",
@@ -208,13 +215,13 @@ def test_deployment_shape() -> None:
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     # shard 0 holds car_b: the common module's secret and car_b's own
     env = {e["name"]: e for e in c["env"]}
-    assert env["FLEET_MQTT_CLIENT_ID"]["value"] == "es-acme_corp-shard-0"
+    assert env["FLEET_MQTT_CLIENT_ID"]["value"] == "es-fleet-acme-0"
     assert env[secret_env_name("acme-api", "token")]["valueFrom"] == {
         "secretKeyRef": {"name": "acme-api", "key": "token"}
     }
     assert env[secret_env_name("car-b-io", "password")]["valueFrom"]["secretKeyRef"]["name"] == "car-b-io"
     # shard 1 (car_a, car_c) does not get car_b's secret
-    env1 = {e["name"] for e in _container(children.deployments[1])["env"]}
+    env1 = {e["name"] for e in _container(children.statefulsets[1])["env"]}
     assert secret_env_name("car-b-io", "password") not in env1
     assert secret_env_name("acme-api", "token") in env1
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -224,9 +231,9 @@ def test_deployment_shape() -> None:
 
 
 def test_default_image_comes_from_settings() -> None:
-    d = render_children(OWNER, spec(), {}, Settings()).deployments[0]
+    d = render_children(OWNER, spec(), {}, Settings()).statefulsets[0]
     assert _container(d)["image"] == DEFAULT_IMAGE == "fleet-external-server:0.1.0"
-    own = render_children(OWNER, spec(server={"image": "mine:1"}), {}, Settings()).deployments[0]
+    own = render_children(OWNER, spec(server={"image": "mine:1"}), {}, Settings()).statefulsets[0]
     assert _container(own)["image"] == "mine:1"
 
 
@@ -245,7 +252,7 @@ def test_settings_from_env() -> None:
 def test_tls_secret_is_mounted_and_passed_on_the_command_line() -> None:
     broker = {"host": "10.1.2.3", "port": 8883, "tls": {"secretName": "acme-mqtt", "caKey": "root.pem"}}
     s = spec(broker=broker)
-    d = render_children(OWNER, s, {"acme-mqtt": "7"}, SETTINGS).deployments[0]
+    d = render_children(OWNER, s, {"acme-mqtt": "7"}, SETTINGS).statefulsets[0]
     c = _container(d)
     tls_dir = "/var/run/external-server/tls"
     assert c["command"][-7:] == [
@@ -277,7 +284,7 @@ def test_pod_knobs() -> None:
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "fleet", "effect": "NoSchedule"}],
         "terminationGracePeriodSeconds": 60,
     }
-    d = render_children(OWNER, spec(server=server), {}, SETTINGS).deployments[0]
+    d = render_children(OWNER, spec(server=server), {}, SETTINGS).statefulsets[0]
     pod = d["spec"]["template"]["spec"]
     c = _container(d)
     assert c["imagePullPolicy"] == "Always"
@@ -288,7 +295,7 @@ def test_pod_knobs() -> None:
         {"key": "dedicated", "operator": "Equal", "value": "fleet", "effect": "NoSchedule"}
     ]
     assert pod["terminationGracePeriodSeconds"] == 60
-    plain = render_children(OWNER, spec(), {}, SETTINGS).deployments[0]
+    plain = render_children(OWNER, spec(), {}, SETTINGS).statefulsets[0]
     assert "resources" not in _container(plain)
     assert "nodeSelector" not in plain["spec"]["template"]["spec"]
 
@@ -308,7 +315,7 @@ def test_service_selects_all_shards() -> None:
 def _checksums(s: ExternalServerSpec, versions: dict[str, str]) -> list[str]:
     return [
         d["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
-        for d in render_children(OWNER, s, versions, SETTINGS).deployments
+        for d in render_children(OWNER, s, versions, SETTINGS).statefulsets
     ]
 
 
@@ -360,3 +367,23 @@ def test_rendered_children_are_subsets_of_themselves_with_defaults() -> None:
         live["metadata"]["resourceVersion"] = "1"
         live["status"] = {}
         assert is_subset(obj, live)
+
+
+def test_client_ids_are_unique_and_fit_every_mqtt_broker() -> None:
+    assert client_id("fleet", "acme", 0) == "es-fleet-acme-0"
+    long_ns = "production-europe-west-with-a-very-long-namespace-name-0123456789"[:63]
+    ids = {
+        client_id(ns, name, shard)
+        for ns in ("fleet", "fleet-staging", long_ns, long_ns[:-1] + "x")
+        for name in (
+            "acme",
+            "acme-corp-the-second-of-its-name-x-y-z",
+            "acme-corp-the-second-of-its-name-x-y-w",
+        )
+        for shard in (0, 1, 63)
+    }
+    assert len(ids) == 4 * 3 * 3
+    assert all(1 <= len(i.encode()) <= MAX_CLIENT_ID == 23 for i in ids), sorted(ids)
+    long_id = client_id(long_ns, "acme", 7)
+    assert long_id.startswith("es-productio") and long_id.endswith("-7")
+    assert client_id(long_ns, "acme", 7) == long_id  # deterministic

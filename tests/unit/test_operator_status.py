@@ -39,18 +39,29 @@ def test_conditions_are_ordered() -> None:
     assert [x.type for x in c] == ["Ready", "ConfigValid", "Progressing", "Custom"]
 
 
-def deployment(generation: int = 1, observed: int = 1, **status: int) -> dict[str, Any]:
+def workload(generation: int = 1, observed: int = 1, **status: int | str) -> dict[str, Any]:
     return {"metadata": {"generation": generation}, "status": {"observedGeneration": observed, **status}}
+
+
+ROLLED = {
+    "replicas": 1,
+    "updatedReplicas": 1,
+    "readyReplicas": 1,
+    "currentRevision": "r1",
+    "updateRevision": "r1",
+}
 
 
 @pytest.mark.parametrize(
     ("dep", "ready", "rolled_out"),
     [
         (None, False, False),
-        (deployment(replicas=1, updatedReplicas=1), False, False),
-        (deployment(replicas=1, updatedReplicas=1, readyReplicas=1), True, True),
-        (deployment(generation=2, observed=1, replicas=1, updatedReplicas=1, readyReplicas=1), True, False),
-        (deployment(replicas=2, updatedReplicas=1, readyReplicas=1), True, False),
+        (workload(replicas=1, updatedReplicas=1), False, False),
+        (workload(**ROLLED), True, True),
+        (workload(generation=2, observed=1, **ROLLED), True, False),
+        (workload(**{**ROLLED, "replicas": 2}), True, False),
+        # a StatefulSet whose rollout is not complete names two revisions
+        (workload(**{**ROLLED, "updateRevision": "r2"}), True, False),
         ({"metadata": {}}, False, False),
     ],
 )
@@ -188,3 +199,16 @@ def test_status_roundtrip() -> None:
     assert parse_status({"carStatuses": [{"name": "a", "shard": 0}]}).car_statuses == [
         CarStatus(name="a", shard=0)
     ]
+
+
+def test_cars_claimed_elsewhere_is_a_false_condition() -> None:
+    s = compute_status(ExternalServerStatus(), obs(claimed={"car_b": "fleet/first"}), T0)
+    c = {x.type: x for x in s.conditions}["CarsExclusive"]
+    assert (c.status, c.reason) == ("False", "CarsClaimedElsewhere")
+    assert "car_b (served by fleet/first)" in c.message
+    s = compute_status(s, obs(claimed={}), T1)
+    c = {x.type: x for x in s.conditions}["CarsExclusive"]
+    assert (c.status, c.reason, c.last_transition_time) == ("True", "NoConflicts", T1)
+    # not evaluated (invalid spec): left as it was
+    s2 = compute_status(s, obs(claimed=None), T1)
+    assert {x.type: x for x in s2.conditions}["CarsExclusive"] == c

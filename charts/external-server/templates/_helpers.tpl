@@ -103,7 +103,12 @@ Least privilege for the operator (external_server_operator + kopf):
   externalservers/finalizers update                    (ownerReferences with blockOwnerDeletion on
                                                         clusters running OwnerReferencesPermissionEnforcement)
   configmaps, services       get, list, create, patch, delete   (children; server-side apply)
-  deployments                get, list, watch, create, patch, delete
+  statefulsets               get, list, watch, create, patch, delete   (one per shard)
+  deployments                list, delete              (shard Deployments of operator versions before
+                                                        the StatefulSets, replaced on upgrade)
+  podtemplates               create                    (server-side dry run only, never stored: the
+                                                        API server does not validate a StatefulSet's
+                                                        pod template, a PodTemplate's it does)
   pods                       list                      (the shards' pod IPs for GET /status)
   secrets                    get                       (resourceVersions of referenced Secrets only)
   events                     create                    (kopf's and the operator's Events)
@@ -126,8 +131,14 @@ rbac.clusterDiscovery is false.
   resources: ["configmaps", "services"]
   verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["apps"]
-  resources: ["deployments"]
+  resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["list", "delete"]
+- apiGroups: [""]
+  resources: ["podtemplates"]
+  verbs: ["create"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
