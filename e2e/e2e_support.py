@@ -107,13 +107,15 @@ class Snapshot:
 
 class Recorder:
     """Polls the namespace's pods every ``interval`` s; follows each container's log into
-    ``logdir/<pod>.log`` (``kubectl logs -f --timestamps``) and reads each ready server pod's
-    ``/status`` once, to know which cars it serves. Child processes are ended by their PID."""
+    ``logdir/<pod>-<uid prefix>.log`` (``kubectl logs -f --timestamps``) and reads each ready server
+    pod's ``/status`` once, to know which cars it serves. Pods are told apart by UID (a
+    StatefulSet's replacement pod has its predecessor's name). Child processes are ended by PID."""
 
     def __init__(self, namespace: str, logdir: Path, interval: float = 1.0) -> None:
         self.ns = namespace
         self.logdir = logdir
         self.interval = interval
+        #: by pod UID
         self.pods: dict[str, PodRecord] = {}
         self.snapshots: list[Snapshot] = []
         self.lock = threading.Lock()
@@ -163,18 +165,18 @@ class Recorder:
             seen: set[str] = set()
             for pod in items:
                 meta, status = pod["metadata"], pod.get("status") or {}
-                name = meta["name"]
-                seen.add(name)
-                rec = self.pods.get(name)
-                if rec is None or rec.uid != meta["uid"]:
+                name, uid = meta["name"], meta["uid"]
+                seen.add(uid)
+                rec = self.pods.get(uid)
+                if rec is None:
                     rec = PodRecord(
                         name=name,
-                        uid=meta["uid"],
+                        uid=uid,
                         labels=dict(meta.get("labels") or {}),
                         created=parse_time(meta["creationTimestamp"]),
                         first_seen=now,
                     )
-                    self.pods[name] = rec
+                    self.pods[uid] = rec
                 rec.last_seen = now
                 rec.ip = status.get("podIP") or rec.ip
                 deleting = bool(meta.get("deletionTimestamp"))
@@ -197,13 +199,13 @@ class Recorder:
                         rec.ready_at = now
                         if rec.is_server:
                             fetch.append(rec)
-                broken = name in self._followers and self._followers[name].poll() not in (None, 0)
-                if rec.container_started is not None and name not in self._followers:
+                broken = uid in self._followers and self._followers[uid].poll() not in (None, 0)
+                if rec.container_started is not None and uid not in self._followers:
                     follow.append(rec)
                 elif broken and not deleting and status.get("phase") == "Running":
                     follow.append(rec)  # the stream broke while the container runs: read again
-            for name, rec in self.pods.items():
-                if name not in seen and rec.gone_at is None:
+            for uid, rec in self.pods.items():
+                if uid not in seen and rec.gone_at is None:
                     rec.gone_at = now
             self.snapshots.append(snap)
         for rec in follow:
@@ -215,8 +217,8 @@ class Recorder:
                     rec.status_cars = set((doc.get("cars") or {}).keys())
 
     def _follow(self, rec: PodRecord) -> None:
-        path = self.logdir / f"{rec.name}.log"
-        old = self._followers.get(rec.name)
+        path = self.logdir / f"{rec.name}-{rec.uid[:8]}.log"
+        old = self._followers.get(rec.uid)
         if old is not None and old.poll() is None:
             return
         handle = path.open("wb")
@@ -227,7 +229,7 @@ class Recorder:
         )
         handle.close()
         rec.log_path = path
-        self._followers[rec.name] = proc
+        self._followers[rec.uid] = proc
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -242,6 +244,10 @@ class Recorder:
     def pods_named(self, prefix: str) -> list[PodRecord]:
         with self.lock:
             return [p for p in self.pods.values() if p.name.startswith(prefix)]
+
+    def pod(self, uid: str) -> PodRecord | None:
+        with self.lock:
+            return self.pods.get(uid)
 
     def log_lines(self, rec: PodRecord) -> list[tuple[float, str]]:
         return read_log(rec.log_path) if rec.log_path is not None else []
