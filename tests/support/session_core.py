@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from external_server.abi_codes import OK
+from external_server.abi_codes import NOT_OK, OK
 from external_server.commands import QueuedCommand
 from external_server.device import Device
 from external_server.protocol import messages
@@ -42,6 +42,7 @@ from external_server.session.events import (
     Stop,
     Tick,
 )
+from external_server.session.state import CarState
 from external_server.wire import ExternalProtocol_pb2 as ext
 
 T = 1.0
@@ -56,6 +57,8 @@ class ScriptedModule:
 
     supported_types: set[int] = field(default_factory=lambda: {0, 1, 2})
     connect_rc: int = OK
+    refused_roles: set[str] = field(default_factory=set)
+    """Roles whose ``device_connected`` returns NOT_OK (-1) whatever ``connect_rc`` says."""
     forward_rc: int = OK
     error_rc: int = OK
     ack_rc: int = OK
@@ -70,9 +73,10 @@ class ScriptedModule:
         if isinstance(call, IsDeviceTypeSupported):
             return call.device_type in self.supported_types
         if isinstance(call, DeviceConnected):
-            if self.connect_rc == OK and self.on_device_connected is not None:
+            rc = NOT_OK if call.device.role in self.refused_roles else self.connect_rc
+            if rc == OK and self.on_device_connected is not None:
                 self.produced.extend(self.on_device_connected(call.device))
-            return self.connect_rc
+            return rc
         if isinstance(call, ForwardStatus):
             return (self.forward_rc, self.error_rc if call.error else OK)
         if isinstance(call, CommandAck):
@@ -85,6 +89,30 @@ class ScriptedModule:
 
     def named(self, kind: type) -> list[ModuleCall]:
         return [call for call in self.calls if isinstance(call, kind)]
+
+    def connected(self) -> list[Device]:
+        """Devices handed to ``device_connected``, in call order."""
+        return [call.device for call in self.calls if isinstance(call, DeviceConnected)]
+
+    def forwarded(self) -> list[tuple[bytes, Device]]:
+        """``forward_status`` calls as (data, device), in call order."""
+        return [(call.data, call.device) for call in self.calls if isinstance(call, ForwardStatus)]
+
+    def forwarded_errors(self) -> list[tuple[bytes, Device]]:
+        """``forward_error_message`` calls (a ForwardStatus with a non-empty error)."""
+        return [
+            (call.error, call.device) for call in self.calls if isinstance(call, ForwardStatus) and call.error
+        ]
+
+    def acks(self) -> list[tuple[bytes, Device]]:
+        """``command_ack`` calls as (data, device), in call order."""
+        return [(call.data, call.device) for call in self.calls if isinstance(call, CommandAck)]
+
+    def disconnected(self) -> list[tuple[int, Device]]:
+        """``device_disconnected`` calls as (disconnect type, device), in call order."""
+        return [
+            (call.disconnect_type, call.device) for call in self.calls if isinstance(call, DeviceDisconnected)
+        ]
 
 
 class CoreRig:
@@ -118,8 +146,21 @@ class CoreRig:
         self.held: list[CallModule] = []
         self.hold_calls: Callable[[CallModule], bool] = lambda call: False
         self.fail_publish_of: Callable[[Publish], bool] = lambda publish: False
+        self.call_error: Callable[[CallModule], str | None] = lambda call: None
+        """A non-None result makes the call "raise": answered with ``CallDone(error=…)``."""
         self.armed: float | None = None
         self.finished = False
+        self.states: list[CarState] = [self.core.state]
+        """Every state the core took, transient ones (ERROR, UNINITIALIZED) included."""
+        self.events_fed: list[Event] = []
+        original_set_state = self.core.set_state
+
+        def recording_set_state(wanted: CarState) -> None:
+            original_set_state(wanted)
+            if self.core.state != self.states[-1]:
+                self.states.append(self.core.state)
+
+        setattr(self.core, "set_state", recording_set_state)  # noqa: B010  (method on the instance)
         self.feed(Tick())
 
     # --- feeding ---------------------------------------------------------------------------
@@ -127,12 +168,20 @@ class CoreRig:
     def feed(self, event: Event) -> None:
         pending: deque[Event] = deque([event])
         while pending:
-            for action in self.core.handle(pending.popleft(), self.now):
+            next_event = pending.popleft()
+            self.events_fed.append(next_event)
+            if isinstance(next_event, Tick):
+                self.armed = None  # like the core: a Tick consumes the armed deadline
+            failed = False
+            for action in self.core.handle(next_event, self.now):
                 follow_up = self._carry_out(action)
                 if follow_up is not None:
                     pending.append(follow_up)
                     if isinstance(follow_up, PublishFailed):
+                        failed = True
                         break
+            if not failed and self.core.more_to_do:  # as the driver does: publishes went out
+                pending.append(Tick())
 
     def _carry_out(self, action: Action) -> Event | None:
         if isinstance(action, Publish):
@@ -143,6 +192,10 @@ class CoreRig:
             if self.hold_calls(action):
                 self.held.append(action)
                 return None
+            error = self.call_error(action)
+            if error is not None:
+                self.modules[action.module_id].calls.append(action.call)
+                return CallDone(action.call_id, error=error)
             return CallDone(action.call_id, self.modules[action.module_id].answer(action.call))
         elif isinstance(action, SendDisconnectNotification):
             self.notifications += 1
@@ -181,7 +234,7 @@ class CoreRig:
     def send_raw(self, payload: bytes) -> None:
         self.feed(CarMessage(payload, self.now))
 
-    def connect(self, session_id: str, devices: list[Device]) -> None:
+    def connect(self, session_id: str, devices: Sequence[Device]) -> None:
         self.send(messages.connect(session_id, "company", "car", devices))
 
     def status(
@@ -214,6 +267,39 @@ class CoreRig:
     def reset_reasons(self) -> list[str]:
         return [ended.reason.value for ended in self.resets]
 
+    @property
+    def module(self) -> ScriptedModule:
+        """The scripted module 1000."""
+        return self.modules[MODULE]
+
+    def states_since(self, start: int) -> list[CarState]:
+        return self.states[start:]
+
+    def pending_counters(self) -> list[int]:
+        return [command.counter for command in self.core.command_tracker.pending()]
+
+    def run_sequence(
+        self, session_id: str, devices: Sequence[Device], first_counter: int = 1
+    ) -> list[ext.Command]:
+        """A complete, well-behaved connect sequence (Connect order, status counters from
+        ``first_counter``); checks the car's view on the way and returns the first commands.
+        Everything published is taken."""
+        self.connect(session_id, devices)
+        assert kinds(self.take()) == ["connectResponse"]
+        for counter, device in enumerate(devices, start=first_counter):
+            self.status(session_id, ext.Status.CONNECTING, counter, device)
+        out = self.take()
+        statuses = [message for message in out if message.WhichOneof("MessageType") == "statusResponse"]
+        assert [message.statusResponse.messageCounter for message in statuses] == list(
+            range(first_counter, first_counter + len(devices))
+        )
+        commands = [message.command for message in out if message.WhichOneof("MessageType") == "command"]
+        assert len(commands) == len(devices)
+        for command in commands:
+            self.command_response(session_id, command.messageCounter)
+        assert self.core.state == CarState.RUNNING, self.core.state
+        return commands
+
     def open_session(self, session_id: str, devices: list[Device]) -> list[ext.ExternalServer]:
         """A complete connect sequence; returns the first commands (answered in order)."""
         self.connect(session_id, devices)
@@ -224,3 +310,25 @@ class CoreRig:
         for command in commands:
             self.command_response(session_id, command.command.messageCounter)
         return commands
+
+
+# --- decoding helpers ----------------------------------------------------------------------
+
+
+def kinds(messages: Iterable[ext.ExternalServer]) -> list[str]:
+    """The oneof member names of published messages ("connectResponse", "command", …)."""
+    return [str(message.WhichOneof("MessageType")) for message in messages]
+
+
+def logged(records: Iterable[logging.LogRecord], text: str, level: int | None = None) -> bool:
+    """Whether a record (at ``level``, if given) contains ``text``."""
+    return any(
+        text in record.getMessage() and (level is None or record.levelno == level) for record in records
+    )
+
+
+def reset_record(records: Iterable[logging.LogRecord], reason: str) -> logging.LogRecord:
+    """The one "Session reset (<reason>)" log record."""
+    found = [record for record in records if f"Session reset ({reason})" in record.getMessage()]
+    assert len(found) == 1, [record.getMessage() for record in found]
+    return found[0]
