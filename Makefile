@@ -11,8 +11,14 @@ CACHE_DIR ?= $(HOME)/.cache/fleet-external-server
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 IMAGE_SERVER ?= fleet-external-server:$(VERSION)
 IMAGE_OPERATOR ?= fleet-external-server-operator:$(VERSION)
+# The images' base; when it is neither local nor pullable a local one is built (tools/image/ensure-base.sh).
+PYTHON_IMAGE ?= python:3.11-slim-bookworm
+# Extra CA certificates (a file or a directory) the image build trusts for pip and apt.
+EXTRA_CA ?=
+# A broker address for `make run` (host:port); empty = the embedded one.
+BROKER ?=
 
-.PHONY: help venv modules proto crd lint test test-python test-cluster test-valgrind envtest helm run bench bench-quick e2e image clean
+.PHONY: help venv modules proto crd lint test test-python test-cluster test-valgrind envtest helm run bench bench-quick e2e image image-broker engine clean
 
 help:
 	@echo "make run       build, start a broker, the server and a simulated car"
@@ -21,10 +27,12 @@ help:
 	@echo "make proto     regenerate server/external_server/wire from lib/proto"
 	@echo "make lint      ruff (lint + format check) and mypy"
 	@echo "make bench     benchmarks (bench/README.md); make bench-quick for a short run"
-	@echo "make image     build the server and operator images (needs Docker)"
+	@echo "make image     build the server and operator images (needs Docker; no registry needed)"
+	@echo "make image-broker  the development broker image for the chart (prints its reference)"
+	@echo "make engine    install and start a Docker engine on Debian (tools/docker/engine.sh, root)"
 	@echo "make e2e       kind end-to-end suite (needs Docker and kind; skips otherwise)"
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py server/external_server/native/wait_loop.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,operator,broker]'
@@ -89,16 +97,22 @@ bench: venv modules
 bench-quick: venv modules
 	$(PY) -m bench.run --quick
 
+# Both images (Dockerfile targets server and operator) with the legacy builder; no registry needed:
+# when PYTHON_IMAGE is neither local nor pullable, tools/image/ensure-base.sh builds a Python 3.11 base
+# from Debian packages (debootstrap) and caches it. EXTRA_CA=/path/ca.pem (or a directory of .pem/.crt)
+# adds CAs the build trusts for pip and apt, e.g. a TLS-intercepting proxy's; the images do not keep them.
+# A Docker engine on a Debian machine: `make engine` (tools/docker/engine.sh ensure, root).
 image:
-	@command -v docker >/dev/null 2>&1 || { echo "make bench: venv modules
-	$(PY) -m bench.run --full
+	@PYTHON_IMAGE='$(PYTHON_IMAGE)' EXTRA_CA='$(EXTRA_CA)' VERSION='$(VERSION)' \
+	  tools/image/build.sh '$(IMAGE_SERVER)' '$(IMAGE_OPERATOR)'
 
-bench-quick: venv modules
-	$(PY) -m bench.run --quick
+# The chart's development broker image (eclipse-mosquitto:2, or a compatible one built from Debian's
+# mosquitto when it cannot be pulled); prints the image reference to use.
+image-broker:
+	@PYTHON_IMAGE='$(PYTHON_IMAGE)' tools/image/ensure-broker.sh
 
-image: docker is not installed (tools/image_emulation.sh checks the build steps without it)" >&2; exit 1; }
-	docker build --target server -t $(IMAGE_SERVER) .
-	docker build --target operator -t $(IMAGE_OPERATOR) .
+engine:
+	@tools/docker/engine.sh ensure
 
 e2e:
 	@e2e/run.sh
