@@ -175,6 +175,14 @@ class KubeApi:
         )
         return result
 
+    async def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT: an update that fails with 409 when metadata.resourceVersion is no longer current."""
+        meta = obj["metadata"]
+        result: dict[str, Any] = await self._request(
+            "PUT", object_path(str(obj["kind"]), meta["namespace"], meta["name"]), body=obj
+        )
+        return result
+
     async def validate_pod_template(self, namespace: str, name: str, template: Mapping[str, Any]) -> None:
         """Server-side dry run of a PodTemplate holding ``template``: raises the API server's
         validation error (KubeError 422) for a pod spec it would refuse; stores nothing."""

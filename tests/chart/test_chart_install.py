@@ -122,6 +122,9 @@ def test_install_upgrade_uninstall_cluster_wide(
         specs = {es["name"]: es["spec"] for es in values["externalServers"]}
         for name, spec in specs.items():
             wait_reconciled(cluster, op, ns, name, spec, generation=1)
+        # It leads through the release's Lease (named like its Deployment), under the chart's RBAC.
+        lease = cluster.get("lease", op.deployment["metadata"]["name"], ns)
+        assert lease is not None and lease["spec"]["holderIdentity"], lease
         print(cluster.kubectl("get", "exs", "-n", ns, "-o", "wide").stdout)
 
         # Cluster-wide: it reconciles an ExternalServer in a namespace the chart never heard of.

@@ -64,6 +64,17 @@ DISCOVERY_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
 VALUE_FILES = {"default": [], "try-out": [TRY_OUT], "full": [FULL]}
+#: Leader election (a Role in the release namespace, whatever the watch mode): get/update of the
+#: release's one Lease, create (which resourceNames cannot limit).
+LEADER_RULES = [
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": ["fleet-external-server-operator"],
+        "verbs": ["get", "update"],
+    },
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+]
 
 
 def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -76,6 +87,16 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
                 assert "*" not in rule["verbs"], rule
                 out.setdefault((group, resource), set()).update(rule["verbs"])
     return out
+
+
+def split_leader(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the leader-election Role and RoleBinding, every other object); checks the former."""
+    leader = [d for d in docs if d["metadata"]["name"].endswith("-operator-leader")]
+    assert sorted(d["kind"] for d in leader) == ["Role", "RoleBinding"]
+    role = next(d for d in leader if d["kind"] == "Role")
+    assert role["metadata"]["namespace"] == "fleet"
+    assert role["rules"] == LEADER_RULES
+    return leader, [d for d in docs if d not in leader]
 
 
 def load_values(path: Path) -> dict[str, Any]:
@@ -158,7 +179,8 @@ def test_rendered_objects_are_valid_kubernetes(helm: Helm, name: str) -> None:
 @pytest.mark.cluster
 def test_default_install_is_namespaced_least_privilege(helm: Helm) -> None:
     docs = helm.template(release="fleet", namespace="fleet")
-    kinds = by_kind(docs)
+    _, others = split_leader(docs)
+    kinds = by_kind(others)
     assert sorted(kinds) == [
         "ClusterRole",
         "ClusterRoleBinding",
@@ -185,15 +207,22 @@ def test_default_install_is_namespaced_least_privilege(helm: Helm) -> None:
 
     dep = one(docs, "Deployment", "-operator")
     spec = dep["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # Leader election: a new pod waits for the Lease, so a rollout may overlap old and new.
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == "fleet-external-server"
     (c,) = pod["containers"]
     assert c["image"] == "fleet-external-server-operator:0.1.0"
     assert c["args"] == ["--namespace=fleet", "--liveness-host=0.0.0.0", "--liveness-port=8081"]
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
     # The operator's own default (settings.DEFAULT_IMAGE) and the chart agree.
     assert env["EXTERNAL_SERVER_IMAGE"] == "fleet-external-server:0.1.0"
+    assert env["EXTERNAL_SERVER_OPERATOR_LEASE_NAMESPACE"] == "fleet"
+    assert env["EXTERNAL_SERVER_OPERATOR_LEASE_NAME"] == "fleet-external-server-operator"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert c["ports"] == [{"name": "healthz", "containerPort": 8081, "protocol": "TCP"}]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
@@ -204,7 +233,8 @@ def test_default_install_is_namespaced_least_privilege(helm: Helm) -> None:
 @pytest.mark.cluster
 def test_namespace_list_renders_one_role_per_namespace(helm: Helm) -> None:
     docs = helm.template(sets=["operator.watch.namespaces={team-a,team-b}", "rbac.clusterDiscovery=false"])
-    kinds = by_kind(docs)
+    _, others = split_leader(docs)
+    kinds = by_kind(others)
     # Nothing cluster-scoped at all.
     assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
     assert sorted(r["metadata"]["namespace"] for r in kinds["Role"]) == ["team-a", "team-b"]
@@ -218,7 +248,8 @@ def test_namespace_list_renders_one_role_per_namespace(helm: Helm) -> None:
 @pytest.mark.cluster
 def test_cluster_wide_uses_a_cluster_role(helm: Helm) -> None:
     docs = helm.template(sets=["operator.watch.clusterWide=true"])
-    kinds = by_kind(docs)
+    _, others = split_leader(docs)
+    kinds = by_kind(others)
     assert "Role" not in kinds and "RoleBinding" not in kinds
     (role,) = kinds["ClusterRole"]
     assert rules_of(role) == {**NAMESPACED_RULES, **CLUSTER_ONLY_RULES}
@@ -274,6 +305,9 @@ def test_operator_values_reach_the_deployment(helm: Helm) -> None:
     assert c["args"] == ["--all-namespaces", "--liveness-host=0.0.0.0", "--liveness-port=8081", "--verbose"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env == {
+        "EXTERNAL_SERVER_OPERATOR_LEASE_NAMESPACE": "fleet",
+        "EXTERNAL_SERVER_OPERATOR_LEASE_NAME": "fleet-operator",
+        "POD_NAME": None,
         "EXTERNAL_SERVER_IMAGE": "registry.example.com/fleet/fleet-external-server:0.1.0",
         "EXTERNAL_SERVER_OPERATOR_STATUS_INTERVAL": "5",
         "EXTERNAL_SERVER_OPERATOR_STATUS_TIMEOUT": "3",
@@ -378,3 +412,11 @@ def test_cleanup_hook_may_only_delete_the_release_servers(helm: Helm) -> None:
         for d in helm.template(sets=[*sets, "cleanupHook.enabled=false"])
         if "helm.sh/hook" in d["metadata"].get("annotations", {})
     ]
+
+
+@pytest.mark.cluster
+def test_operator_replicas(helm: Helm) -> None:
+    dep = one(helm.template(sets=["operator.replicas=2"]), "Deployment", "-operator")
+    assert dep["spec"]["replicas"] == 2
+    result = helm.run("template", "fleet", str(CHART), "--set", "operator.replicas=0", check=False)
+    assert result.returncode != 0 and "replicas" in result.stderr

@@ -36,6 +36,8 @@ CONTROLLERS = (
 )
 #: Seconds between the operator's status refreshes in the tests.
 STATUS_INTERVAL = 2.0
+#: The leader-election Lease every test operator competes for.
+LEASE_NAMESPACE, LEASE_NAME = "default", "external-server-operator"
 
 
 def find_assets() -> Path | None:
@@ -365,9 +367,14 @@ class FakeStatusServer:
 class Operator:
     """The operator as a real subprocess against the envtest cluster."""
 
-    def __init__(self, cluster: Cluster, status_port: int) -> None:
+    def __init__(
+        self, cluster: Cluster, status_port: int, log_name: str = "operator", identity: str = "operator"
+    ) -> None:
         self.cluster = cluster
         self.status_port = status_port
+        self.log_name = log_name
+        #: Prefix of its leader-election identity (the operator appends a random suffix).
+        self.identity = identity
         self.proc: subprocess.Popen[bytes] | None = None
         self.liveness_port = 0
         self.starts = 0
@@ -388,10 +395,13 @@ class Operator:
             "EXTERNAL_SERVER_OPERATOR_STATUS_PORT": str(self.status_port),
             "EXTERNAL_SERVER_OPERATOR_STATUS_TIMEOUT": "1",
             "EXTERNAL_SERVER_IMAGE": "registry.invalid/fleet-external-server:test",
+            "EXTERNAL_SERVER_OPERATOR_LEASE_NAMESPACE": LEASE_NAMESPACE,
+            "EXTERNAL_SERVER_OPERATOR_LEASE_NAME": LEASE_NAME,
+            "EXTERNAL_SERVER_OPERATOR_IDENTITY": self.identity,
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)
         self.proc = self.cluster.procs.start(
-            "operator",
+            self.log_name,
             [
                 *self.command(),
                 "--all-namespaces",
@@ -405,7 +415,7 @@ class Operator:
         def alive() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited:\n{self.cluster.procs.log_tail('operator')}")
+                raise RuntimeError(f"operator exited:\n{self.cluster.procs.log_tail(self.log_name)}")
             try:
                 url = f"http://127.0.0.1:{self.liveness_port}/healthz"
                 with urllib.request.urlopen(url, timeout=1) as r:
@@ -425,5 +435,5 @@ class Operator:
         self.start()
 
     def log(self) -> str:
-        path = self.cluster.workdir / "operator.log"
+        path = self.cluster.workdir / f"{self.log_name}.log"
         return path.read_text(errors="replace") if path.exists() else ""

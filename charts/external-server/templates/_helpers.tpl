@@ -71,6 +71,11 @@ app.kubernetes.io/component: dev-broker
 {{- printf "%s.%s.svc" (include "external-server.broker.fullname" .) .Release.Namespace }}
 {{- end }}
 
+{{/* The operators' leader-election Lease (coordination.k8s.io/v1) in the release namespace. */}}
+{{- define "external-server.leaseName" -}}
+{{- printf "%s-operator" (include "external-server.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "external-server.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "external-server.fullname" .) .Values.serviceAccount.name }}
