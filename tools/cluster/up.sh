@@ -119,6 +119,8 @@ STEP="installing prerequisites"
 need=()
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v conntrack >/dev/null || need+=(conntrack)
+# kube-proxy --cleanup (down.sh) also clears IPVS sets and fails without ipset.
+command -v ipset >/dev/null || need+=(ipset)
 command -v socat >/dev/null || need+=(socat)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
@@ -157,6 +159,14 @@ for p in "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" 10250 10248 10249 10256; do
   port_busy "$p" && die "TCP port $p is in use (another cluster? run down.sh for it)"
 done
 ss -Hlun "sport = :53" | awk '{print $4}' | grep -qxF "$NODE_IP:53" && die "$NODE_IP:53 (UDP) is in use"
+
+# Containers of an earlier kubelet (no kubelet runs now: its ports are free) would be killed and
+# removed by the new one behind the back of nobody; remove them now, visibly.
+mapfile -t stale < <(docker ps -aq --filter name=k8s_)
+if [ ${#stale[@]} -gt 0 ]; then
+  say "removing ${#stale[@]} containers left by an earlier kubelet"
+  docker rm -f -v "${stale[@]}" >/dev/null
+fi
 
 # The `kubernetes` Service gets the first address of the range.
 IFS=./ read -r o1 o2 o3 o4 _ <<<"$SERVICE_CIDR"
@@ -296,7 +306,7 @@ start_proc "$W" kubelet "$BIN/kubelet" \
   --pod-infra-container-image "$PAUSE_IMAGE" \
   --root-dir "$W/kubelet" --volume-plugin-dir "$W/kubelet/volume-plugins" \
   --fail-swap-on=false --cgroups-per-qos=false --enforce-node-allocatable= --oom-score-adj 0 \
-  --cluster-dns "$NODE_IP" --cluster-domain "$DOMAIN" \
+  --cluster-dns "$NODE_IP" --cluster-domain "$DOMAIN" --node-status-update-frequency 2s \
   --address "$NODE_IP" --read-only-port 0 --healthz-bind-address 127.0.0.1 --healthz-port 10248 \
   --anonymous-auth=false --client-ca-file "$PKI/ca.crt" --authorization-mode AlwaysAllow \
   --image-gc-high-threshold 100 --image-gc-low-threshold 99 \
