@@ -153,7 +153,7 @@ async def test_out_of_order_statuses_released_in_counter_order(
         await expect_status_responses(car, [c])
         car.send_status(SESSION_ID, RUNNING, c + 2, DEVICE_1, b"s2")
         car.send_status(SESSION_ID, RUNNING, c + 3, DEVICE_1, b"s3")
-        checker = server.session(CAR).status_checker
+        checker = server.session(CAR).core.status_checker
         await server.wait_until(lambda: checker.held_counters() == [c + 2, c + 3])
         assert car.pending() == 0
         assert spy.snapshot()["statuses"] == [(b"s0", DEVICE_1)]
@@ -201,7 +201,7 @@ async def test_foreign_session_status_neither_answered_nor_filling_a_gap(
         car.send_status("unknown_id", RUNNING, c + 1, DEVICE_1)
         await expect_status_responses(car, [c])
         await server.wait_until(lambda: session.stats.ignored["foreign_session"] == 1)
-        assert session.status_checker.held_counters() == [c + 2]
+        assert session.core.status_checker.held_counters() == [c + 2]
         assert car.pending() == 0
         assert any("different session id" in r.getMessage().lower() for r in caplog.records)
         car.send_status(SESSION_ID, RUNNING, c + 1, DEVICE_1)

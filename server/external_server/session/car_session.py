@@ -171,18 +171,20 @@ class CarSession:
         try:
             while self._pending:
                 actions = self.core.handle(self._pending.popleft(), time.monotonic())
-                self._execute(actions)
+                if self._execute(actions) and self.core.more_to_do:
+                    self._pending.append(Tick())
         finally:
             self._feeding = False
 
-    def _execute(self, actions: list[Action]) -> None:
+    def _execute(self, actions: list[Action]) -> bool:
+        """Carry out ``actions`` in order; False when a publish failed (the rest is void)."""
         for action in actions:
             if isinstance(action, Publish):
                 try:
                     self._link.publish(action.payload)
                 except LinkPublishError as exc:
                     self._pending.append(PublishFailed(str(exc)))
-                    return  # the core resets; what it wanted after this publish is void
+                    return False  # the core resets; what it wanted after this publish is void
             elif isinstance(action, CallModule):
                 self._start_call(action)
             elif isinstance(action, ArmDeadline):
@@ -192,6 +194,7 @@ class CarSession:
             elif isinstance(action, Finished):
                 self._done.set()
             # SessionEnded: the core already logged and counted it
+        return True
 
     def _start_call(self, action: CallModule) -> None:
         runtime = self._modules[action.module_id]

@@ -140,6 +140,9 @@ class SessionCore:
         self._armed: float | None = None
         self._next_call_id = 0
         self._finished = False
+        self._unconfirmed_publish = False
+        self.more_to_do = False
+        """True when the core stopped early to see its publishes succeed: feed a Tick after them."""
 
     # --- the driver's interface ---------------------------------------------------------
 
@@ -154,6 +157,8 @@ class SessionCore:
             return []
         if isinstance(event, Tick):
             self._armed = None  # the driver's timer fired: arm again whatever is still ahead
+        self._unconfirmed_publish = False  # the driver carried out all earlier actions
+        self.more_to_do = False
         if self._steps is None:
             self._steps = self._run()
             self._resume(None)
@@ -243,6 +248,11 @@ class SessionCore:
         while True:
             waiting = self._waiting
             if isinstance(waiting, _NextEvent):
+                if self._inbox and self._unconfirmed_publish:
+                    # A publish must be seen to succeed before the next event is taken, so a
+                    # failed publish ends the session where it happened (docs/protocol.md §4.14).
+                    self.more_to_do = True
+                    return
                 if self._inbox:
                     item = self._inbox.popleft()
                     if isinstance(item, CarMessage):
@@ -282,6 +292,7 @@ class SessionCore:
 
     def publish(self, message: ext.ExternalServer, kind: str) -> None:
         self._actions.append(Publish(message.SerializeToString(), kind))
+        self._unconfirmed_publish = True
         self.stats.messages_out[kind] += 1
 
     def parse(self, message: CarMessage) -> ParsedMessage | None:
