@@ -53,6 +53,13 @@ Item → unit test (integration test it mirrors in brackets when the name differ
   136       test_same_session_id_accepted_after_session_timeout
   137       test_commands_posted_while_no_car_connected_do_not_reach_the_car
 
+Integration tests whose unit twin has another name: test_new_car_server_is_uninitialized →
+test_new_core_is_uninitialized; test_unreachable_broker_logs_could_not_connect_and_retries →
+test_no_broker_no_run_until_it_is_up; test_no_connect_fails_phase_a_with_error_state →
+test_no_connect_fails_phase_a_after_t; test_first_statuses_answered_with_their_counters →
+test_first_status_answered_with_its_counter; test_command_queued_on_device_connect_is_the_first_command
+→ test_command_produced_in_device_connected_is_first_command (and ..._survives_a_slow_drain).
+
 The integration file's unnumbered tests (§4.4 steps 1–2, duplicate/refused devices in a Connect,
 §4.5 steps 1, 4 and 6, §4.7 step 1, §10.7, the stale-command rule, the Connect kept during the pause)
 have twins here under the same names; issue 11 item 2 (commands produced during ``device_connected``

@@ -55,6 +55,14 @@ Item → unit test:
   188       test_command_carries_the_device_name_and_role
   189       test_commands_sent_without_waiting_for_responses
 
+Integration tests whose unit twin has another name: test_released_response_is_logged_at_info →
+test_response_releases_pending_command (asserts the INFO line);
+test_status_right_after_last_command_response_is_processed →
+test_message_after_last_first_response_is_processed in test_session_core_connect.py;
+test_device_disconnected_not_ok_logged_with_specified_text (now
+test_device_not_connected_for_an_unregistered_device_leaves_the_module_alone) →
+that test, plus the log texts in test_device_disconnected_return_codes_only_logged.
+
 Unnumbered integration tests have twins under the same names (ERROR-state status, refused
 CONNECTING, CONNECTING of a registered device §10.2, baseline §10.6, duplicate held status §10.8,
 identity §4.9, stale commands on re-registration, timers not restarted by other messages, publish
@@ -855,6 +863,26 @@ def test_publish_failure_in_normal_communication_logged_at_error(
     assert rig.module.disconnected() == [(DISCONNECT_TIMEOUT, DEVICE_1), (DISCONNECT_TIMEOUT, DEVICE_2)]
 
 
+def test_failed_publish_ends_the_session_where_it_happened() -> None:
+    """docs/protocol.md §4.14 row 8: a failed publish ends the session at that point — messages queued
+    behind the one whose answer could not be published are not handled any more (not parsed, not
+    answered, not forwarded) before the reset; the clean-up drops them."""
+    rig = CoreRig()
+    c = open_session(rig, [DEVICE_1])
+    rig.hold_calls = lambda call: isinstance(call.call, ForwardStatus)
+    rig.status(SESSION_ID, RUNNING, c, DEVICE_1, b"answered")
+    rig.connect(SESSION_ID, [DEVICE_1])  # would get ALREADY_LOGGED
+    rig.status(SESSION_ID, RUNNING, c + 1, DEVICE_1, b"behind")
+    messages_in = sum(rig.core.stats.messages_in.values())
+    rig.fail_publish_of = lambda publish: publish.kind == "status_response"
+    rig.hold_calls = lambda call: False
+    rig.release_held()
+    assert rig.reset_reasons() == ["publish_failed"]
+    assert sum(rig.core.stats.messages_in.values()) == messages_in
+    assert rig.core.stats.messages_out["connect_response"] == 1  # only phase A's
+    assert rig.module.forwarded() == [(b"answered", DEVICE_1)]
+
+
 # --------------------------------------------------------------------------------------
 # §8.11 — commands and command responses
 # --------------------------------------------------------------------------------------
@@ -1195,6 +1223,23 @@ def test_early_acknowledgement_does_not_stop_older_command_timer() -> None:
     assert rig.reset_reasons() == ["command_response_timeout"]
     assert rig.now == sent_at + T
     assert rig.module.acks() == []
+
+
+def test_device_not_connected_for_an_unregistered_device_leaves_the_module_alone() -> None:
+    """docs/protocol.md §4.8.3 steps 2–3 as this implementation decides it (docs/design.md; the
+    reference's quirk of calling the module anyway is dropped): DEVICE_NOT_CONNECTED for a command to a
+    device the server never registered releases the command (``command_ack``) but calls no
+    ``device_disconnected`` — there is nothing to disconnect; no module error, no reset."""
+    rig = CoreRig()
+    open_session(rig, [DEVICE_1])
+    rig.module_commands([command(GHOST, b"boo")])
+    counter = commands_of(rig.take())[0].messageCounter
+    rig.command_response(SESSION_ID, counter, DEVICE_NOT_CONNECTED)
+    assert rig.module.acks() == [(b"boo", GHOST)]
+    assert rig.module.disconnected() == []
+    assert rig.core.registry.devices() == [DEVICE_1]
+    assert not rig.core.stats.module_errors
+    assert rig.core.state == CarState.RUNNING
 
 
 @pytest.mark.parametrize(
