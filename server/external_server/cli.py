@@ -151,14 +151,9 @@ def _prepare(options: CliOptions) -> tuple[ServerConfig, CliOptions]:
 RunFunction = Callable[[ServerConfig, CliOptions], int | None]
 
 
-def _load_app() -> RunFunction | None:
-    """The composition root, or None while it does not exist yet (only that module missing)."""
-    try:
-        module = importlib.import_module(APP_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name == APP_MODULE:
-            return None
-        raise
+def _load_app() -> RunFunction:
+    """The composition root, imported only once the config is valid (a bad file fails fast)."""
+    module = importlib.import_module(APP_MODULE)
     return cast(RunFunction, module.run)
 
 
@@ -188,12 +183,7 @@ def _run(argv: Sequence[str] | None) -> int:
         log.warning("Config: %s", warning)
     summary = redacted_summary(config)
     log.info("Loaded config: %s", json.dumps(summary))
-    run = _load_app()
-    if run is None:
-        print("server not built yet: config is valid")
-        print(json.dumps(summary, indent=2))
-        return 0
-    return run(config, options) or 0
+    return _load_app()(config, options) or 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,8 +49,8 @@ class HttpEndpoint:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._requested_port)
         await site.start()
-        sockets = getattr(site._server, "sockets", None) or []  # aiohttp exposes no public accessor
-        self.port = int(sockets[0].getsockname()[1]) if sockets else self._requested_port
+        addresses = self._runner.addresses  # (host, port, ...) of every bound socket
+        self.port = int(addresses[0][1]) if addresses else self._requested_port
         log.info("HTTP endpoint (/healthz /readyz /status /metrics) on %s:%d.", self._host, self.port)
         return self.port
 

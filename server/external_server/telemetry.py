@@ -8,18 +8,33 @@ server builds its own, tests inject one with an in-memory reader.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
-from .session.car_session import CarSession
 from .session.state import CarState
+from .session.stats import SessionStats
 
 LATENCY_BUCKETS_MS = (0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 STATUS_LATENCY = "fleet_status_response_latency"
 MODULE_CALL_DURATION = "fleet_module_call_duration"
+
+
+class ObservedSession(Protocol):
+    """What metrics read of a car session (any object with these, e.g. the session driver)."""
+
+    @property
+    def state(self) -> CarState: ...
+
+    @property
+    def stats(self) -> SessionStats: ...
+
+    @property
+    def device_count(self) -> int: ...
 
 
 def default_views() -> list[View]:
@@ -34,7 +49,7 @@ class ServerMetrics:
     """The instruments of docs/design.md §3 "Telemetry", bound to one company's sessions."""
 
     def __init__(
-        self, company: str, meter_provider: MeterProvider, sessions: Mapping[str, CarSession]
+        self, company: str, meter_provider: MeterProvider, sessions: Mapping[str, ObservedSession]
     ) -> None:
         self._company = company
         self._sessions = sessions
@@ -95,7 +110,7 @@ class ServerMetrics:
     def _observe(self, field: str, label: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
             for car, session in self._sessions.items():
-                counts: Mapping[str, int] = getattr(session.stats, field)
+                counts: Counter[str] = getattr(session.stats, field)
                 for key, value in counts.items():
                     yield Observation(value, {"company": self._company, "car": car, label: key})
 
@@ -106,5 +121,5 @@ class ServerMetrics:
         yield Observation(running, {"company": self._company})
 
     def _devices_connected(self, _options: CallbackOptions) -> Iterable[Observation]:
-        devices = sum(len(session.registry) for session in self._sessions.values())
+        devices = sum(session.device_count for session in self._sessions.values())
         yield Observation(devices, {"company": self._company})

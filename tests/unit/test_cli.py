@@ -311,16 +311,6 @@ def test_keyboard_interrupt_exits_0(workdir: Path, app: FakeApp) -> None:
     assert main(["config/config.json"]) == 0
 
 
-def test_fallback_when_the_app_is_not_built(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, cli.APP_MODULE, None)  # makes the import fail for that module only
-    assert main(["config/config.json"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("server not built yet: config is valid\n")
-    assert json.loads(out.split("\n", 1)[1])["company_name"] == "acme"
-
-
 def test_other_missing_modules_are_not_hidden(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_import(name: str) -> types.ModuleType:
         raise ModuleNotFoundError("No module named 'aiomqtt'", name="aiomqtt")

@@ -105,6 +105,10 @@ class CarSession:
         return self.core.registry
 
     @property
+    def device_count(self) -> int:
+        return len(self.core.registry)
+
+    @property
     def stats(self) -> SessionStats:
         return self.core.stats
 
