@@ -1485,3 +1485,26 @@ def test_is_device_type_supported_is_asked_once_per_type() -> None:
     rig.run_sequence("id", [A, B])
     rig.status("id", RUNNING, 3, A)
     assert rig.module.named(IsDeviceTypeSupported) == [IsDeviceTypeSupported(0)]
+
+
+def test_states_of_a_whole_run() -> None:
+    """docs/protocol.md §4.2 and §4.3: a run goes UNINITIALIZED → CONNECTED (broker up) → INITIALIZED
+    (sequence done) → RUNNING; a reset sets ERROR before the clean-up, and after D the next run starts
+    with UNINITIALIZED → CONNECTED; ``state_since`` follows the clock."""
+    rig = CoreRig(broker_connected=False)
+    rig.advance(0.25)
+    rig.broker(True)
+    assert rig.core.stats.state_since == START + 0.25
+    rig.run_sequence("id", [A])
+    rig.status("id", DISCONNECT, 2, A)
+    rig.advance(D)
+    assert rig.states == [
+        CarState.UNINITIALIZED,
+        CarState.CONNECTED,
+        CarState.INITIALIZED,
+        CarState.RUNNING,
+        CarState.ERROR,
+        CarState.UNINITIALIZED,
+        CarState.CONNECTED,
+    ]
+    assert rig.core.stats.state_since == START + 0.25 + D
