@@ -180,7 +180,9 @@ class CoreRig:
                     if isinstance(follow_up, PublishFailed):
                         failed = True
                         break
-            if not failed and self.core.more_to_do:  # as the driver does: publishes went out
+            # As the driver does: the publishes went out, so let the core go on (``more_to_do``:
+            # it stopped early to see them succeed).
+            if not failed and self.core.more_to_do:
                 pending.append(Tick())
 
     def _carry_out(self, action: Action) -> Event | None:
