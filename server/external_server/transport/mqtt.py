@@ -73,7 +73,6 @@ class MqttConnection:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 10.0,
         max_inflight: int = 1000,
-        publish_timeout_s: float = 10.0,
         logger: logging.Logger | None = None,
     ) -> None:
         self.broker = broker
@@ -86,7 +85,6 @@ class MqttConnection:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._max_inflight = max_inflight
-        self._publish_timeout_s = publish_timeout_s
         self._log = logger or logging.getLogger("external_server.transport")
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
