@@ -1415,3 +1415,16 @@ def test_command_ack_uses_the_command_device() -> None:
     counter = commands_of(rig.take())[0].messageCounter
     rig.command_response(SESSION_ID, counter)
     assert rig.module.calls == [CommandAck(b"x", renamed)]
+
+
+def test_disconnect_status_whose_response_cannot_be_published_still_disconnects_the_device() -> None:
+    """docs/protocol.md §4.8.2 step 4 with §4.13 step 7 and §4.14 row 8: the StatusResponse to a
+    DISCONNECT status cannot be published → reset; the device is still registered at clean-up, so
+    the module hears of it (as a timeout), like every other device."""
+    rig = CoreRig()
+    rig.run_sequence("id", [DEVICE_1, DEVICE_2])
+    rig.module.calls.clear()
+    rig.fail_publish_of = lambda publish: publish.kind == "status_response"
+    rig.status("id", ext.Status.DISCONNECT, 3, DEVICE_1)
+    assert rig.reset_reasons() == ["publish_failed"]
+    assert {device.key for _, device in rig.module.disconnected()} == {DEVICE_1.key, DEVICE_2.key}

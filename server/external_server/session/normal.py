@@ -153,9 +153,11 @@ def _process_status(core: SessionCore, status: StatusMessage, received_at: float
     if core.on_status_latency is not None:
         core.on_status_latency(core.now - received_at)
     if state == ext.Status.DISCONNECT:
+        # Unregistered only after the call: if the response above cannot be published, the call
+        # never runs and the clean-up still tells the module (as a timeout, docs/protocol.md §4.13).
+        yield from device_disconnected(core, DISCONNECT_ANNOUNCED, device)
         core.registry.unregister(device)
         core.log.info("Device %s disconnected.", device)
-        yield from device_disconnected(core, DISCONNECT_ANNOUNCED, device)
 
 
 def _handle_command_response(core: SessionCore, response: CommandResponseMessage) -> Steps:
