@@ -1,10 +1,17 @@
 """kopf handlers: thin wrappers around ``controller.Reconciler``.
 
 Importing this module registers the handlers with kopf's default registry.
+
+No handler here needs a finalizer, so kopf puts none on an ExternalServer: its children go
+by garbage collection (owner references), and deleting an ExternalServer or its namespace
+completes whether an operator runs or not (docs/operator.md). The periodic status refresh is
+therefore not a kopf timer (kopf keeps a finalizer on every object with a timer or daemon)
+but one task per watched ExternalServer, started and stopped from the watch events.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +34,50 @@ class _State:
 
 
 STATE = _State()
+log = logging.getLogger("external_server_operator")
+
+
+class Refresher:
+    """One refresh loop per ExternalServer: every ``interval`` seconds a reconcile (pods'
+    /status into the status, readiness, drift repair, Secret rotation)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    def ensure(self, namespace: str, name: str) -> None:
+        task = self.tasks.get((namespace, name))
+        if task is None or task.done():
+            self.tasks[(namespace, name)] = asyncio.create_task(
+                self._loop(namespace, name), name=f"refresh {namespace}/{name}"
+            )
+
+    def forget(self, namespace: str, name: str) -> None:
+        task = self.tasks.pop((namespace, name), None)
+        if task is not None:
+            task.cancel()
+
+    def stop(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        self.tasks.clear()
+
+    async def _loop(self, namespace: str, name: str) -> None:
+        while True:
+            await asyncio.sleep(SETTINGS.status_interval)
+            try:
+                if not await reconciler().reconcile(namespace, name):
+                    break  # gone or being deleted
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next round retries; one line, no traceback
+                log.warning("%s/%s: status refresh failed, retrying in %gs: %s", namespace, name,
+                            SETTINGS.status_interval, exc)  # fmt: skip
+        current = asyncio.current_task()
+        if self.tasks.get((namespace, name)) is current:
+            del self.tasks[(namespace, name)]
+
+
+REFRESH = Refresher()
 
 
 def reconciler() -> Reconciler:
@@ -38,7 +89,8 @@ def reconciler() -> Reconciler:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     # Keep kopf's bookkeeping in annotations under our own prefix: the CRD's structural
-    # schema would prune a status.kopf field.
+    # schema would prune a status.kopf field. No handler requires a finalizer; naming the one
+    # earlier versions added (for their status timer) makes kopf remove it where it is left.
     settings.persistence.finalizer = f"operator.{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"operator.{GROUP}")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -72,6 +124,7 @@ def car_claims(*, meta: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    REFRESH.stop()
     if STATE.api is not None:
         await STATE.api.close()
     STATE.api = None
@@ -87,12 +140,18 @@ async def reconcile(*, namespace: str | None, name: str, **_: Any) -> None:
         await reconciler().reconcile(namespace, name)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.status_interval, initial_delay=SETTINGS.status_interval)
-async def refresh(*, namespace: str | None, name: str, **_: Any) -> None:
-    """Periodically: pods' /status into carStatuses, shard readiness, drift repair,
-    Secret rotation (a changed resourceVersion changes the checksum)."""
-    if namespace is not None:
-        await reconciler().reconcile(namespace, name)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def watched(
+    *, type: str | None, namespace: str | None, name: str, meta: Mapping[str, Any], **_: Any
+) -> None:
+    """Every ExternalServer the watch reports gets a refresh loop (pods' /status into
+    carStatuses, shard readiness, drift repair, Secret rotation); a deleted one loses it."""
+    if namespace is None:
+        return
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        REFRESH.forget(namespace, name)
+    else:
+        REFRESH.ensure(namespace, name)
 
 
 @kopf.on.event(

@@ -123,7 +123,11 @@ class _QuietRoutine(logging.Filter):
     """Drop kopf's per-run success lines of the periodic handlers (one per object every few
     seconds); failures and everything else still get through."""
 
-    ROUTINE = ("Timer 'refresh' succeeded.", "Handler 'shard_changed' succeeded.")
+    ROUTINE = (
+        "Handler 'watched' succeeded.",
+        "Handler 'shard_changed' succeeded.",
+        "Indexer 'car_claims' succeeded.",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.getMessage() not in self.ROUTINE

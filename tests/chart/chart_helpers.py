@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ K8S_120_APIS = {
     "apps/v1",
     "rbac.authorization.k8s.io/v1",
     "batch/v1",
+    "coordination.k8s.io/v1",
     "fleetprotocol.io/v1alpha1",
 }
 
@@ -233,85 +233,3 @@ def forbidden_lines(log: str) -> list[str]:
 
 def json_of(result: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(result.stdout)
-
-
-# --- hook Jobs (no kubelet runs them here) -----------------------------------------------------------
-
-
-def run_job_locally(cluster: Cluster, job: dict[str, Any], workdir: Path) -> subprocess.CompletedProcess[str]:
-    """Stand in for the kubelet: run the Job's container command on this machine with the
-    identity of the Job's ServiceAccount (a token from the API server, mounted the way a pod
-    sees it), then report the outcome in the Job's status as the job controller would."""
-    meta = job["metadata"]
-    pod = job["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    sa_dir = workdir / f"sa-{meta['name']}"
-    sa_dir.mkdir(parents=True, exist_ok=True)
-    token = cluster.kubectl("create", "token", pod["serviceAccountName"], "-n", meta["namespace"]).stdout
-    (sa_dir / "token").write_text(token.strip())
-    (sa_dir / "ca.crt").write_bytes((cluster.certs / "ca.crt").read_bytes())
-    (sa_dir / "namespace").write_text(meta["namespace"])
-    command = list(container["command"])
-    if command[0] in ("python", "python3"):
-        command[0] = sys.executable
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
-    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
-    env.update(
-        {
-            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-            "KUBERNETES_SERVICE_PORT": str(cluster.port),
-            "SERVICEACCOUNT_DIR": str(sa_dir),
-        }
-    )
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    condition = "Complete" if result.returncode == 0 else "Failed"
-    status: dict[str, Any] = {
-        "startTime": now,
-        "conditions": [
-            {"type": condition, "status": "True", "lastProbeTime": now, "lastTransitionTime": now}
-        ],
-    }
-    if result.returncode == 0:
-        status.update({"succeeded": 1, "completionTime": now})
-    else:
-        status["failed"] = 1
-    cluster.request(
-        "PATCH",
-        f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}/status",
-        {"status": status},
-    )
-    return result
-
-
-def helm_uninstall_running_hooks(
-    cluster: Cluster, helm: Helm, release: str, namespace: str, workdir: Path, timeout: float = 120
-) -> tuple[str, list[subprocess.CompletedProcess[str]]]:
-    """`helm uninstall --wait`, running each hook Job it waits for (see run_job_locally)."""
-    proc = subprocess.Popen(
-        [helm.binary, "uninstall", release, "-n", namespace, "--wait", "--timeout", f"{int(timeout)}s"],
-        env=helm.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    ran: list[subprocess.CompletedProcess[str]] = []
-    done: set[str] = set()
-    deadline = time.monotonic() + timeout + 30
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            for job in cluster.list("job", namespace, f"app.kubernetes.io/instance={release}"):
-                uid = job["metadata"]["uid"]
-                if uid not in done and "helm.sh/hook" in job["metadata"].get("annotations", {}):
-                    done.add(uid)
-                    ran.append(run_job_locally(cluster, job, workdir))
-            time.sleep(0.3)
-        out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    if proc.returncode != 0:
-        logs = "\n".join(r.stdout + r.stderr for r in ran)
-        raise HelmError(f"helm uninstall {release} failed ({proc.returncode}):\n{err}\nhook output:\n{logs}")
-    return out, ran

@@ -19,7 +19,6 @@ from chart_helpers import (
     ChartOperator,
     Helm,
     forbidden_lines,
-    helm_uninstall_running_hooks,
     service_account_kubeconfig,
 )
 from external_server_operator.render import shard_of
@@ -69,6 +68,28 @@ def wait_reconciled(
 def can_i(cluster: Cluster, user: str, *args: str) -> bool:
     result = cluster.kubectl("auth", "can-i", *args, f"--as={user}", check=False)
     return bool(result.stdout.strip() == "yes")
+
+
+def uninstall_leaves_nothing(cluster: Cluster, helm: Helm, release: str, ns: str, *flags: str) -> None:
+    out = helm.run("uninstall", release, "-n", ns, "--wait", "--timeout", "60s", *flags)
+    print(out.stdout)
+    wait_for("the release's ExternalServers gone", lambda: not cluster.list("externalserver", ns), timeout=30)
+    wait_for(
+        "their children garbage-collected",
+        lambda: (
+            not [
+                o
+                for kind in ("statefulset", "configmap", "service", "pod")
+                for o in cluster.list(kind, ns, "app.kubernetes.io/managed-by=external-server-operator")
+            ]
+        ),
+        timeout=60,
+    )
+    left = cluster.kubectl(
+        "get", "all,serviceaccount,role,rolebinding,configmap,secret,job,lease", "-n", ns,
+        "-l", f"app.kubernetes.io/instance={release}", "-o", "name",
+    ).stdout.split()  # fmt: skip
+    assert not left, f"left behind by helm uninstall {' '.join(flags)}: {left}"
 
 
 def helm_install_and_run_operator(
@@ -177,13 +198,9 @@ def test_install_upgrade_uninstall_cluster_wide(
 
         assert not forbidden_lines(op.log()), "\n".join(forbidden_lines(op.log()))
 
-        # helm uninstall: the ExternalServers go (their children with them, by garbage collection),
-        # the CRD stays.
-        text, hooks = helm_uninstall_running_hooks(cluster, cluster_helm, release, ns, tmp_path)
-        print(text)
-        assert len(hooks) == 1, "one pre-delete hook Job (the ExternalServer cleanup)"
-        print(hooks[0].stdout)
-        assert "cleanup: all ExternalServers of the release are gone" in hooks[0].stdout
+        # helm uninstall (there are no hooks): the ExternalServers go at once (no finalizer), their
+        # children with them by garbage collection; the CRD stays.
+        uninstall_leaves_nothing(cluster, cluster_helm, release, ns)
         wait_for(
             "the release's ExternalServers deleted",
             lambda: not cluster.list("externalserver", ns),
@@ -233,14 +250,8 @@ def test_install_namespaced_try_out(cluster_helm: Helm, chart_cluster: Cluster, 
         assert can_i(cluster, user, "delete", "statefulsets.apps", "-n", ns)
         assert not forbidden_lines(op.log()), "\n".join(forbidden_lines(op.log()))
 
-        text, hooks = helm_uninstall_running_hooks(cluster, cluster_helm, release, ns, tmp_path)
-        print(text)
-        assert [h.returncode for h in hooks] == [0]
-        wait_for(
-            "the release's ExternalServer deleted",
-            lambda: not cluster.list("externalserver", ns),
-            timeout=60,
-            on_timeout=op.log()[-4000:],
-        )
+        # With the operator gone, `helm uninstall --no-hooks` still leaves nothing behind.
+        op.stop()
+        uninstall_leaves_nothing(cluster, cluster_helm, release, ns, "--no-hooks")
     finally:
         op.stop()

@@ -65,7 +65,7 @@ DISCOVERY_RULES = {
 }
 VALUE_FILES = {"default": [], "try-out": [TRY_OUT], "full": [FULL]}
 #: Leader election (a Role in the release namespace, whatever the watch mode): get/update of the
-#: release's one Lease, create (which resourceNames cannot limit).
+#: release's one Lease, which the chart creates (and `helm uninstall` removes).
 LEADER_RULES = [
     {
         "apiGroups": ["coordination.k8s.io"],
@@ -73,7 +73,6 @@ LEADER_RULES = [
         "resourceNames": ["fleet-external-server-operator"],
         "verbs": ["get", "update"],
     },
-    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
 ]
 
 
@@ -91,8 +90,13 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 
 def split_leader(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(the leader-election Role and RoleBinding, every other object); checks the former."""
-    leader = [d for d in docs if d["metadata"]["name"].endswith("-operator-leader")]
-    assert sorted(d["kind"] for d in leader) == ["Role", "RoleBinding"]
+    leader = [
+        d
+        for d in docs
+        if d["metadata"]["name"].endswith("-operator-leader")
+        or (d["kind"] == "Lease" and d["metadata"]["name"] == "fleet-external-server-operator")
+    ]
+    assert sorted(d["kind"] for d in leader) == ["Lease", "Role", "RoleBinding"]
     role = next(d for d in leader if d["kind"] == "Role")
     assert role["metadata"]["namespace"] == "fleet"
     assert role["rules"] == LEADER_RULES
@@ -370,48 +374,13 @@ def test_bad_values_are_refused(helm: Helm, sets: list[str], message: str) -> No
 
 
 @pytest.mark.cluster
-def test_cleanup_hook_may_only_delete_the_release_servers(helm: Helm) -> None:
-    assert not [d for d in helm.template() if "helm.sh/hook" in d["metadata"].get("annotations", {})]
-    sets = [
-        "externalServers[0].name=one",
-        "externalServers[0].spec.company=c",
-        "externalServers[0].spec.cars[0].name=x",
-        "externalServers[1].name=two",
-        "externalServers[1].namespace=other",
-        "operator.watch.namespaces={fleet,other}",
-        "externalServers[1].spec.company=c",
-        "externalServers[1].spec.cars[0].name=y",
-        "devBroker.enabled=true",
-    ]
-    docs = helm.template(sets=sets)
-    hooks = [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
-    assert {d["metadata"]["annotations"]["helm.sh/hook"] for d in hooks} == {"pre-delete"}
-    roles = {r["metadata"]["namespace"]: r for r in hooks if r["kind"] == "Role"}
-    assert sorted(roles) == ["fleet", "other"]
-    assert roles["fleet"]["rules"] == [
-        {
-            "apiGroups": ["fleetprotocol.io"],
-            "resources": ["externalservers"],
-            "resourceNames": ["one"],
-            "verbs": ["get", "delete"],
-        }
-    ]
-    assert roles["other"]["rules"][0]["resourceNames"] == ["two"]
-    job = one(hooks, "Job")
-    assert int(job["metadata"]["annotations"]["helm.sh/hook-weight"]) > max(
-        int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks if d["kind"] != "Job"
-    )
-    (c,) = job["spec"]["template"]["spec"]["containers"]
-    assert c["image"] == "fleet-external-server-operator:0.1.0"
-    assert c["command"][:2] == ["python", "-c"]
-    compile(c["command"][2], "cleanup.py", "exec")
-    env = {e["name"]: e["value"] for e in c["env"]}
-    assert json.loads(env["CLEANUP_TARGETS"]) == [["fleet", "one"], ["other", "two"]]
-    assert not [
-        d
-        for d in helm.template(sets=[*sets, "cleanupHook.enabled=false"])
-        if "helm.sh/hook" in d["metadata"].get("annotations", {})
-    ]
+def test_no_hooks(helm: Helm) -> None:
+    """No finalizer on the ExternalServers, so no pre-delete cleanup: `helm uninstall` (with or
+    without --no-hooks, with or without the operator running) leaves nothing behind."""
+    for values in VALUE_FILES.values():
+        for doc in helm.template(values=values):
+            assert "helm.sh/hook" not in doc["metadata"].get("annotations", {}), doc["metadata"]["name"]
+            assert doc["kind"] != "Job"
 
 
 @pytest.mark.cluster

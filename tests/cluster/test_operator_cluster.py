@@ -226,7 +226,7 @@ def test_update_rolls_out(cluster: Cluster, operator: Operator) -> None:
     # rollout: the controller-manager records a revision for the new pod template
     wait_for("a second ControllerRevision", lambda: len(cluster.list("controllerrevision", ns)) == 2)
 
-    # rotating the referenced Secret rolls the pods too (picked up by the status timer)
+    # rotating the referenced Secret rolls the pods too (picked up by the status refresh)
     cluster.apply(secret("acme-api", ns, {"token": "rotated-token"}))
     wait_for(
         "checksum change after Secret rotation",
@@ -295,7 +295,7 @@ def test_invalid_spec_reported_and_children_kept(cluster: Cluster, operator: Ope
         ],
     )
     assert events[0]["type"] == "Warning" and "ModuleConflict" in events[0]["message"]
-    time.sleep(STATUS_INTERVAL * 2 + 0.5)  # a couple of timer rounds
+    time.sleep(STATUS_INTERVAL * 2 + 0.5)  # a couple of refresh rounds
     assert versions(children(cluster, ns)) == versions(before)
     assert len([e for e in cluster.list("event", ns) if e["reason"] == "ConfigInvalid"]) == 1
     es = cluster.get("externalserver", "acme", ns)
@@ -419,7 +419,7 @@ def test_operator_restart_changes_nothing(cluster: Cluster, operator: Operator) 
         lambda: f"[{ns}/acme] Resuming is processed" in operator.log()[log_size:],
         on_timeout=operator.log()[log_size:],
     )
-    time.sleep(STATUS_INTERVAL * 2 + 0.5)  # and to run its timers
+    time.sleep(STATUS_INTERVAL * 2 + 0.5)  # and to run its refreshes
     assert versions(children(cluster, ns)) == before
     es_after = cluster.get("externalserver", "acme", ns)
     assert es_before is not None and es_after is not None

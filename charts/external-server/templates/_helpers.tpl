@@ -103,7 +103,9 @@ app.kubernetes.io/component: dev-broker
 
 {{/*
 Least privilege for the operator (external_server_operator + kopf):
-  externalservers            get, list, watch, patch   (kopf watches; finalizer + progress annotations)
+  externalservers            get, list, watch, patch   (kopf watches; progress annotations; removes the
+                                                        finalizer earlier versions added: no
+                                                        finalizer is added any more)
   externalservers/status     get, patch                (the status the operator computes)
   externalservers/finalizers update                    (ownerReferences with blockOwnerDeletion on
                                                         clusters running OwnerReferencesPermissionEnforcement)
@@ -153,10 +155,4 @@ rbac.clusterDiscovery is false.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-{{- end }}
-
-{{- define "external-server.cleanup.labels" -}}
-{{ include "external-server.commonLabels" . }}
-app.kubernetes.io/name: {{ include "external-server.name" . }}-cleanup
-app.kubernetes.io/component: cleanup
 {{- end }}
