@@ -26,6 +26,7 @@ from external_server.session.car_session import CarSession
 from external_server.session.state import CarState
 from opentelemetry.sdk.metrics import MeterProvider
 from support.example_module import EXAMPLE_SO, command_file_content, counters, drop_command_file
+from support.waiting import wait_until
 
 COMPANY = "company_x"
 
@@ -90,12 +91,10 @@ class ServerUnderTest:
         name = f"{time.monotonic_ns():020d}.cmd"
         drop_command_file(self.command_dirs[car], name, command_file_content(device, data))
 
-    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError("condition not reached in time")
-            await asyncio.sleep(0.01)
+    async def wait_until(
+        self, predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "condition"
+    ) -> None:
+        await wait_until(predicate, timeout_s, what)
 
     async def wait_state(self, car: str, state: CarState, timeout_s: float = 5.0) -> None:
         await self.wait_until(lambda: self.session(car).state == state, timeout_s)

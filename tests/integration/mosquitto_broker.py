@@ -13,11 +13,12 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from external_server.transport import BrokerAddress
+from support.waiting import free_port
 
 HOST = "127.0.0.1"
 _CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -31,12 +32,6 @@ def find_mosquitto() -> str | None:
     return next((path for path in _CANDIDATES if os.access(path, os.X_OK)), None)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def port_accepts(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):
@@ -48,13 +43,16 @@ def port_accepts(host: str, port: int) -> bool:
 class MosquittoBroker:
     """One mosquitto process: ``start()``, ``stop()``, ``host``, ``port``, ``address``."""
 
-    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, port: int | None = None, listener_options: Sequence[str] = ()
+    ) -> None:
         self.binary = binary
         self.host = HOST
         self.port = port or free_port()
         self.workdir = workdir
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
+        self.listener_options = tuple(listener_options)
         self._process: subprocess.Popen[bytes] | None = None
         self._write_config()
 
@@ -69,6 +67,7 @@ class MosquittoBroker:
     def _write_config(self) -> None:
         lines = [
             f"listener {self.port} {self.host}",
+            *self.listener_options,
             "allow_anonymous true",
             "persistence false",
             "max_inflight_messages 0",
@@ -125,17 +124,22 @@ class MosquittoBroker:
 
 
 @contextlib.contextmanager
-def running_mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """A fresh broker under ``tmp_path`` for a fixture; fails in CI, skips elsewhere, when missing."""
+def running_mosquitto(
+    tmp_path: Path, *, name: str = "mosquitto", listener_options: Sequence[str] = ()
+) -> Iterator[MosquittoBroker]:
+    """A fresh broker under ``tmp_path / name`` for a fixture; fails in CI, skips elsewhere, when missing.
+
+    ``listener_options`` go right after the ``listener`` line (TLS files, ``require_certificate``).
+    """
     binary = find_mosquitto()
     if binary is None:
         reason = "mosquitto is not installed (apt-get install mosquitto)"
         if os.environ.get("FLEET_REQUIRE_REAL_PARTS") == "1":
             pytest.fail(f"{reason}; FLEET_REQUIRE_REAL_PARTS=1 requires it")
         pytest.skip(reason)
-    workdir = tmp_path / "mosquitto"
+    workdir = tmp_path / name
     workdir.mkdir()
-    broker = MosquittoBroker(binary, workdir)
+    broker = MosquittoBroker(binary, workdir, listener_options=listener_options)
     broker.start()
     try:
         yield broker

@@ -294,7 +294,8 @@ async def _fuzz_then_well_behaved(
             for payload in payloads:
                 car_a.send(payload)
             await car_a.send_acknowledged(b"\xff")  # everything above is at the broker now
-            await asyncio.sleep(0.2)
+            # no settling pause: the connect sequences below retry with fresh ids while car_a's
+            # session is still busy with the fuzz (as a gateway would)
 
             session_b, _ = await connect_with_retry(car_b, [DEVICE], prefix="b", timeout_s=1.5)
             car_b.send_status(session_b, RUNNING, 2, DEVICE, b"{}")

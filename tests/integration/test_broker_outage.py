@@ -25,11 +25,15 @@ from external_server.wire import ExternalProtocol_pb2 as ext
 from harness import COMPANY, ServerUnderTest, start_server
 from mosquitto_broker import MosquittoBroker
 from process_helpers import connect_sequence, connect_with_retry, expect_status_response, next_of_session
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.broker
 
 DEVICE = Device(1000, 0, "test", "T")
 OUTAGE_S = 3.0
+"""How long the broker stays away (the scenario: no session loop, no warning flood meanwhile)."""
+BARRIER_CAR = "zz_observer_sync"
+"""A car no server serves: the notification observer's own marker goes to its topic."""
 
 
 def _server_warnings(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
@@ -129,15 +133,29 @@ class NotificationObserver:
     """Records every message on ``<company>/+/external_server_disconnect`` (subscribed with QoS 1)."""
 
     received: list[Notification] = field(default_factory=list)
+    client: aiomqtt.Client | None = None
 
     def of(self, car: str) -> list[Notification]:
         return [n for n in self.received if n.topic == f"{COMPANY}/{car}/external_server_disconnect"]
+
+    async def sync(self) -> None:
+        """Wait until everything the broker had for us when this was called has arrived.
+
+        A marker published by this client to a topic it watches comes back after every
+        message the broker already queued for it (mosquitto keeps per-subscriber order), so
+        no sleep has to guess when "nothing more" has come.
+        """
+        assert self.client is not None
+        count = len(self.of(BARRIER_CAR))
+        await self.client.publish(f"{COMPANY}/{BARRIER_CAR}/external_server_disconnect", b"sync", qos=1)
+        await wait_until(lambda: len(self.of(BARRIER_CAR)) > count, 10.0, "the observer's own marker")
 
 
 @contextlib.asynccontextmanager
 async def observe_notifications(broker: MosquittoBroker) -> AsyncIterator[NotificationObserver]:
     observer = NotificationObserver()
     async with aiomqtt.Client(broker.host, broker.port, identifier="notification-observer") as client:
+        observer.client = client
         await client.subscribe(f"{COMPANY}/+/external_server_disconnect", qos=1)
 
         async def collect() -> None:
@@ -185,19 +203,21 @@ async def test_every_clean_up_publishes_one_disconnect_notification(
                 # RUNNING when the server stops
                 await connect_with_retry(car, [DEVICE], prefix="s")
                 await server.wait_state("car_a", CarState.RUNNING)
-                await asyncio.sleep(1.0)  # car_b: at least one more failed phase A
+                car_b_resets = _resets(server, "car_b")  # car_b: at least one more failed phase A
+                await server.wait_until(lambda: _resets(server, "car_b") > car_b_resets, 15.0)
         finally:
             await server.stop()
         resets = {car: _resets(server, car) for car in ("car_a", "car_b")}
         assert server.session("car_b").stats.resets["no_connect"] == resets["car_b"] >= 1
         await server.wait_until(lambda: len(observer.of("car_a")) >= resets["car_a"] + 1, 5.0)
         await server.wait_until(lambda: len(observer.of("car_b")) >= resets["car_b"], 5.0)
-        await asyncio.sleep(0.3)  # nothing more may follow
+        await observer.sync()  # nothing more may follow: whatever was still on its way is here now
     assert len(observer.of("car_a")) == resets["car_a"] + 1  # every reset and the stop
     # car_b may have been in its pause D (after a clean-up and its notification) at the stop
     assert resets["car_b"] <= len(observer.of("car_b")) <= resets["car_b"] + 1
-    assert len(observer.received) == len(observer.of("car_a")) + len(observer.of("car_b"))
-    assert all(n.payload == b"" and n.qos == 1 and not n.retain for n in observer.received)
+    server_sent = [n for n in observer.received if n not in observer.of(BARRIER_CAR)]
+    assert len(server_sent) == len(observer.of("car_a")) + len(observer.of("car_b"))
+    assert all(n.payload == b"" and n.qos == 1 and not n.retain for n in server_sent)
 
 
 async def test_notification_comes_after_the_answer_to_the_last_disconnect(

@@ -17,7 +17,7 @@ import contextlib
 import json
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from support.fleet_http_module import (
     module_config,
 )
 from support.http_api_double import FleetHttpApiDouble, message
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -109,13 +110,6 @@ async def serving(
         server.request_stop()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 20)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def bring_up(server: CompanyServer, car: CarClient, session: str) -> None:

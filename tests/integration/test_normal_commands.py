@@ -227,14 +227,14 @@ async def test_unanswered_command_resets_and_new_session_works(
         normal = await connect_sequence(server, car, [DEVICE_1])
         spy = install_spy(monkeypatch, server)
         counter = normal.next_command_counter
+        sent_before = time.monotonic()  # the command's timer starts after this
         server.inject_command(CAR, DEVICE_1, b"never answered")
         await _expect_command(car, counter)
-        received_at = time.monotonic()
-        await wait_for_reset(server, car, timeout_s=T_S + 3.0)
-        elapsed = time.monotonic() - received_at
+        await wait_for_reset(server, car, timeout_s=T_S + 10.0)
         session = server.session(CAR)
+        # the command timer ended the session, not the session timer S (the core tests time both)
         assert dict(session.stats.resets) == {"command_response_timeout": 1}
-        assert elapsed <= T_S + 0.8  # well before the session timeout S
+        assert time.monotonic() - sent_before >= T_S
         assert spy.snapshot()["acks"] == []
         second = await connect_sequence(server, car, [DEVICE_1], session_id="new_id")
         assert second.first_command_counters == (counter + 1,)
@@ -450,13 +450,12 @@ async def test_unreleased_first_command_times_out_in_normal_communication(
         await expect_status_responses(car, [1, 2])
         await _expect_command(car, 0)
         await _expect_command(car, 1)
-        sent_at = time.monotonic()
         car.send_command_response(SESSION_ID, 1)
         car.send_command_response(SESSION_ID, 1)
         await server.wait_state(CAR, CarState.RUNNING, WAIT_S)
         await _wait_pending(server, [0, 1])
-        await wait_for_reset(server, car, timeout_s=T_S + 3.0)
-        assert time.monotonic() - sent_at <= T_S + 0.8
+        await wait_for_reset(server, car, timeout_s=T_S + 10.0)
+        # command 0's timer (T after it was sent) ended the session, not the session timer S
         assert dict(server.session(CAR).stats.resets) == {"command_response_timeout": 1}
 
 
@@ -468,16 +467,16 @@ async def test_early_acknowledgement_does_not_stop_older_command_timer(
     async with serve_car(mosquitto, tmp_path) as (server, car):
         normal = await connect_sequence(server, car, [DEVICE_1])
         c = normal.next_command_counter
+        sent_before = time.monotonic()  # c's timer starts after this
         server.inject_command(CAR, DEVICE_1, b"older")
         server.inject_command(CAR, DEVICE_1, b"newer")
         await _expect_command(car, c)
-        sent_at = time.monotonic()
         await _expect_command(car, c + 1)
-        car.send_command_response(SESSION_ID, c + 1)
+        car.send_command_response(SESSION_ID, c + 1)  # restarts the session timer S: S is later still
         tracker = server.session(CAR).command_tracker
         await server.wait_until(lambda: tracker.early_acknowledgements() == {c + 1})
-        await wait_for_reset(server, car, timeout_s=T_S + 3.0)
-        assert time.monotonic() - sent_at <= T_S + 0.8
+        await wait_for_reset(server, car, timeout_s=T_S + 10.0)
+        assert time.monotonic() - sent_before >= T_S
         assert dict(server.session(CAR).stats.resets) == {"command_response_timeout": 1}
         assert server.counters(CAR)["acks"] == 0
 

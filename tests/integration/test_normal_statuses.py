@@ -456,15 +456,14 @@ async def test_unfilled_gap_resets_and_next_session_works(
         normal = await connect_sequence(server, car, [DEVICE_1])
         spy = install_spy(monkeypatch, server)
         c = normal.next_status_counter
+        sent_before = time.monotonic()  # the gap's timer starts after this (when c + 2 arrives)
         car.send_status(SESSION_ID, RUNNING, c, DEVICE_1, b"kept")
         car.send_status(SESSION_ID, RUNNING, c + 2, DEVICE_1, b"held")
         await expect_status_responses(car, [c])
-        sent_at = time.monotonic()
-        await wait_for_reset(server, car, timeout_s=T_S + 3.0)
-        elapsed = time.monotonic() - sent_at
+        await wait_for_reset(server, car, timeout_s=T_S + 10.0)
         session = server.session(CAR)
         assert dict(session.stats.resets) == {"status_timeout": 1}
-        assert elapsed >= T_S - 0.2
+        assert time.monotonic() - sent_before >= T_S  # not before T (the exact T: core unit tests)
         assert logged(caplog, f"Status with counter {c + 1} is missing.", logging.WARNING)
         assert [data for data, _ in spy.snapshot()["statuses"]] == [b"kept"]
         await connect_sequence(server, car, [DEVICE_1], session_id="new_id")

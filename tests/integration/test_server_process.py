@@ -22,7 +22,7 @@ from external_server.device import Device
 from external_server.simulator.car_client import CarClient
 from external_server.wire import ExternalProtocol_pb2 as ext
 from harness import COMPANY, server_config_document
-from mosquitto_broker import MosquittoBroker, free_port
+from mosquitto_broker import MosquittoBroker
 from process_helpers import (
     HTTP_ARGS,
     ServerProcesses,
@@ -32,6 +32,7 @@ from process_helpers import (
     write_config,
 )
 from support.example_module import EXAMPLE_SO
+from support.waiting import free_port
 
 DEVICE = Device(1000, 0, "test", "T")
 CONNECTED_LOG = "Connected to MQTT broker"

@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from external_server.transport import BrokerAddress, CarTopics
 from external_server.wire import ExternalProtocol_pb2 as ext
 from external_server.wire import InternalProtocol_pb2 as internal
 from mosquitto_broker import MosquittoBroker
+from support.waiting import wait_until
 
 COMPANY = "test_company"
 FAST = GatewayTimings(
@@ -168,16 +169,6 @@ async def gateway_for(
         yield gateway
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:  # noqa: ASYNC109
-    """Poll a condition the fake server's state answers (it has no events of its own)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
-
-
 # ---- gateway behaviour ---------------------------------------------------------------
 
 
@@ -237,7 +228,7 @@ async def test_command_in_normal_communication_is_answered(
         assert await gateway.wait_connected(10)
         counter = fake_server.send_command("car_a", b"drive")
         assert await gateway.wait_until(lambda: any(c.data == b"drive" for c in gateway.commands), 5)
-        assert await eventually(lambda: len(fake_server.cars["car_a"].command_responses) == 2)
+        await wait_until(lambda: len(fake_server.cars["car_a"].command_responses) == 2)
         response = fake_server.cars["car_a"].command_responses[-1]
         assert response.messageCounter == counter
         assert response.type == ext.CommandResponse.OK
@@ -378,7 +369,7 @@ async def test_device_disconnect_and_reconnect(mosquitto: MosquittoBroker, fake_
                 for s in later
             )
 
-        assert await eventually(reannounced)
+        await wait_until(reannounced)
         assert gateway.state is GatewayState.CONNECTED and gateway.stats.sessions == 1
 
 
@@ -411,7 +402,7 @@ async def test_car_client_scripts_the_car_side(mosquitto: MosquittoBroker, fake_
         assert (await client.expect("statusResponse")).statusResponse.messageCounter == 1
         command = await client.expect("command")
         client.send_command_response("sess0001", command.command.messageCounter)
-        assert await eventually(lambda: len(fake_server.cars["car_a"].command_responses) == 1)
+        await wait_until(lambda: len(fake_server.cars["car_a"].command_responses) == 1)
         assert fake_server.cars["car_a"].statuses[0].errorMessage == b"oops"
 
         client.send(ext.ExternalClient())  # an empty message is legal on the wire

@@ -20,7 +20,7 @@ from external_server.simulator.car_client import CarClient
 from external_server.transport.tls import client_tls_context
 from external_server.wire import ExternalProtocol_pb2 as ext
 from harness import COMPANY, server_config_document
-from mosquitto_broker import MosquittoBroker, find_mosquitto, free_port
+from mosquitto_broker import MosquittoBroker, running_mosquitto
 from process_helpers import (
     HTTP_ARGS,
     ServerProcesses,
@@ -29,6 +29,7 @@ from process_helpers import (
     run_server_to_exit,
     write_config,
 )
+from support.waiting import free_port
 
 DEVICE = Device(1000, 0, "test", "T")
 CONNECTED_LOG = "Connected to MQTT broker"
@@ -44,32 +45,14 @@ def tls(tmp_path: Path) -> TlsMaterial:
 @pytest.fixture
 def tls_broker(tmp_path: Path, tls: TlsMaterial) -> Iterator[MosquittoBroker]:
     """mosquitto with only a TLS listener on loopback that requires a client certificate."""
-    binary = find_mosquitto()
-    if binary is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    workdir = tmp_path / "mosquitto-tls"
-    workdir.mkdir()
-    broker = MosquittoBroker(binary, workdir)
-    plain = broker.config_path.read_text().splitlines()
-    assert plain[0].startswith("listener ")
-    broker.config_path.write_text(
-        "\n".join(
-            [
-                plain[0],  # listener <port> 127.0.0.1
-                f"cafile {tls.ca.cert}",
-                f"certfile {tls.broker.cert}",
-                f"keyfile {tls.broker.key}",
-                "require_certificate true",
-                *plain[1:],
-            ]
-        )
-        + "\n"
+    options = (
+        f"cafile {tls.ca.cert}",
+        f"certfile {tls.broker.cert}",
+        f"keyfile {tls.broker.key}",
+        "require_certificate true",
     )
-    broker.start()
-    try:
+    with running_mosquitto(tmp_path, name="mosquitto-tls", listener_options=options) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture

@@ -651,13 +651,6 @@ def message(
     }
 
 
-def free_port() -> int:
-    """A loopback port that is free right now (for a double that must start later on a known port)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 class UnresponsiveHost:
     """A loopback port whose kernel completes TCP handshakes but whose owner never reads or answers."""
 

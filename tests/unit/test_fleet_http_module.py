@@ -40,7 +40,8 @@ from support.fleet_http_module import (
     module_config,
     stats,
 )
-from support.http_api_double import FleetHttpApiDouble, UnresponsiveHost, free_port, message
+from support.http_api_double import FleetHttpApiDouble, UnresponsiveHost, message
+from support.waiting import free_port, wait_until_blocking
 
 T_API_S = 1.0
 
@@ -86,14 +87,6 @@ def compact(data: Any) -> bytes:
 
 def command_for(device: Device, data: Any, **kwargs: str) -> dict[str, Any]:
     return message(device.module, device.device_type, device.role, device.name, data, **kwargs)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.005)
 
 
 def pop_all(context: ModuleContext) -> list[PoppedCommand]:
@@ -162,7 +155,7 @@ def announce(context: ModuleContext, device: Device | None = None, status: Any =
     device = device or DEVICES[module_id]
     data = STATUSES[module_id] if status is None else status
     assert context.forward_status(json.dumps(data).encode(), device) == OK
-    wait_until(lambda: stats(context)["primed"] == 1, 3.0, "primed")
+    wait_until_blocking(lambda: stats(context)["primed"] == 1, 3.0, "primed")
 
 
 # ---- §4.1 init ---------------------------------------------------------------------------------------------
@@ -449,7 +442,7 @@ def test_c4_delivery_in_fifo_order(contexts: ContextFactory, api: FleetHttpApiDo
     assert api.post_commands(COMPANY, "car_a", [command_for(device, make(i)) for i in (1, 2, 3)])[0] == 200
     assert api.post_commands(COMPANY, "car_a", [command_for(device, make(4))])[0] == 200
     assert api.post_commands(COMPANY, "car_a", [command_for(device, make(5))])[0] == 200
-    wait_until(lambda: stats(context)["queued"] == 5, T_API_S + 1, "five commands queued")
+    wait_until_blocking(lambda: stats(context)["queued"] == 5, T_API_S + 1, "five commands queued")
     assert context.wait_for_command(0) == OK
     assert time.monotonic() - started < T_API_S + 1
     popped = [context.pop_command() for _ in range(5)]
@@ -530,13 +523,13 @@ def test_f1_successful_status_triggers_priming_at_once(
 ) -> None:
     """Unprimed (car unknown → 404): the snapshot is retried right after a successful status."""
     context = contexts(3, api.base_url)
-    wait_until(lambda: stats(context)["prime_requests"] >= 1, 2.0, "first snapshot attempt")
+    wait_until_blocking(lambda: stats(context)["prime_requests"] >= 1, 2.0, "first snapshot attempt")
     time.sleep(0.05)
     before = stats(context)["prime_requests"]
     assert before <= 2
     started = time.monotonic()
     assert context.forward_status(b"{}", TRANSPARENT_DEVICE) == OK
-    wait_until(lambda: stats(context)["primed"] == 1, 2.0, "primed")
+    wait_until_blocking(lambda: stats(context)["primed"] == 1, 2.0, "primed")
     assert time.monotonic() - started < 0.25
 
 
@@ -561,7 +554,7 @@ def test_c6_commands_from_before_init_are_never_delivered(
     old.destroy()
 
     context = contexts(3, api.base_url, car="car_a")  # an ES restart: the API still has the history
-    wait_until(lambda: stats(context)["primed"] == 1, 2.0, "primed")
+    wait_until_blocking(lambda: stats(context)["primed"] == 1, 2.0, "primed")
     assert context.wait_for_command(T_API_S * 1000 + 300) == TIMEOUT_OCCURRED
     api.post_commands(COMPANY, "car_a", [command_for(TRANSPARENT_DEVICE, "new")])
     assert [p.data for p in receive(context, 1)] == [b'"new"']
@@ -577,10 +570,10 @@ def test_c6_no_replay_when_api_was_unreachable_at_the_first_poll(
     assert api.post_commands(COMPANY, "car_a", [command_for(other, "stale")])[0] == 200
     api.stop()
     context = contexts(3, api.base_url)
-    wait_until(lambda: stats(context)["prime_requests"] >= 2, 3.0, "failed snapshots")
+    wait_until_blocking(lambda: stats(context)["prime_requests"] >= 2, 3.0, "failed snapshots")
     api.start()  # a restart: the car is unknown until its next status; 'stale' stays stored
     assert context.forward_status(b"{}", TRANSPARENT_DEVICE) == OK
-    wait_until(lambda: stats(context)["primed"] == 1, 2.0, "primed")
+    wait_until_blocking(lambda: stats(context)["primed"] == 1, 2.0, "primed")
     assert context.wait_for_command(T_API_S * 1000 + 300) == TIMEOUT_OCCURRED
     api.post_commands(COMPANY, "car_a", [command_for(TRANSPARENT_DEVICE, "new")])
     assert [p.data for p in receive(context, 1)] == [b'"new"']
@@ -641,7 +634,7 @@ def test_c8_command_posted_during_a_wait_is_not_lost(
     poster.start()
     results = [context.wait_for_command(100) for _ in range(3)]
     poster.join()
-    wait_until(lambda: stats(context)["queued"] == 1, 2.0, "queued")
+    wait_until_blocking(lambda: stats(context)["queued"] == 1, 2.0, "queued")
     assert context.wait_for_command(100) == OK
     assert [p.data for p in pop_all(context)] == [b"[1]"]
     assert all(rc in (OK, TIMEOUT_OCCURRED) for rc in results)
@@ -653,7 +646,7 @@ def test_c8_destroy_during_a_long_poll_returns_within_a_second(
     with FleetHttpApiDouble(t_api_s=30.0) as api:
         context = libraries[3].init(build_init_config(COMPANY, "car_a", module_config(api.base_url)))
         announce(context)
-        wait_until(lambda: stats(context)["poll_requests"] >= 1, 2.0, "long poll started")
+        wait_until_blocking(lambda: stats(context)["poll_requests"] >= 1, 2.0, "long poll started")
         time.sleep(0.3)  # now inside the 30 s long poll
         waiter_result: list[int] = []
         waiter = threading.Thread(target=lambda: waiter_result.append(context.wait_for_command(30_000)))
@@ -926,7 +919,7 @@ def test_f8_concurrent_wait_pop_and_statuses(contexts: ContextFactory, api: Flee
         with server_lock:
             assert context.forward_status(compact({"i": index}), TRANSPARENT_DEVICE) == OK
     poster.join()
-    wait_until(lambda: len(received) == 40, 10.0, "40 commands")
+    wait_until_blocking(lambda: len(received) == 40, 10.0, "40 commands")
     stop.set()
     thread.join(5)
     assert received == [f"[{i}]".encode() for i in range(40)]
