@@ -226,3 +226,82 @@ def test_a_car_listed_twice_is_served_by_the_earlier_externalserver(
         "CarsExclusive=True again",
         lambda: conditions(status(cluster, second_ns, "second"))["CarsExclusive"]["status"] == "True",
     )
+
+
+def test_an_older_versions_deployment_is_gone_before_the_statefulset_starts(
+    cluster: Cluster, operator: Operator
+) -> None:
+    """Upgrade from an operator that rendered a Deployment per shard: its pod must be gone
+    before the shard's StatefulSet starts one (the Deployment is deleted in the foreground)."""
+    ns = cluster.namespace("exs-upgrade")
+    ensure_node(cluster)
+    cluster.apply(secret("acme-api", ns, {"token": TOKEN}))
+    operator.stop()
+    try:
+        cluster.apply(resource("acme", ns))
+        es = wait_for("the ExternalServer", lambda: cluster.get("externalserver", "acme", ns))
+        labels = {
+            "app.kubernetes.io/name": "external-server",
+            "app.kubernetes.io/instance": "acme",
+            "app.kubernetes.io/managed-by": "external-server-operator",
+            "fleetprotocol.io/shard": "0",
+        }
+        owner = {
+            "apiVersion": "fleetprotocol.io/v1alpha1",
+            "kind": "ExternalServer",
+            "name": "acme",
+            "uid": es["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        container = {"name": "external-server", "image": "registry.invalid/fleet-external-server:old"}
+        cluster.apply(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {
+                    "name": "acme-shard-0",
+                    "namespace": ns,
+                    "labels": labels,
+                    "ownerReferences": [owner],
+                },
+                "spec": {
+                    "replicas": 1,
+                    "strategy": {"type": "Recreate"},
+                    "selector": {"matchLabels": labels},
+                    "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+                },
+            }
+        )
+        (old,) = wait_for("the old version's pod", lambda: pods(cluster, ns))
+        bind(cluster, ns, old["metadata"]["name"])
+    finally:
+        operator.start()
+
+    wait_observed(cluster, operator, ns, "acme", 1, "True")
+    wait_for(
+        "the old Deployment being deleted",
+        lambda: (
+            (cluster.get("deployment", "acme-shard-0", ns) or {}).get("metadata", {}).get("deletionTimestamp")
+        ),
+    )
+    wait_for(
+        "its pod Terminating",
+        lambda: [p for p in pods(cluster, ns) if p["metadata"].get("deletionTimestamp")],
+    )
+    # A reconcile with the old pod still Terminating (a spec change, observed): no StatefulSet.
+    cluster.apply(resource("acme", ns, cars=[*SPEC["cars"], {"name": "car_c"}]))
+    wait_observed(cluster, operator, ns, "acme", 2, "True")
+    assert cluster.get("statefulset", "acme-shard-0", ns) is None
+    assert [p["metadata"]["uid"] for p in pods(cluster, ns)] == [old["metadata"]["uid"]]
+
+    finish_termination(cluster, ns, old)
+    wait_for(
+        "the old Deployment gone", lambda: cluster.get("deployment", "acme-shard-0", ns) is None, timeout=60
+    )
+    wait_for(
+        "the StatefulSet and its pod",
+        lambda: [p for p in pods(cluster, ns) if p["metadata"]["name"] == "acme-shard-0-0"],
+        timeout=30,
+        on_timeout=operator.log()[-3000:],
+    )
