@@ -118,5 +118,5 @@ e2e:
 	@e2e/run.sh
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) tools/image/.build-ca
 	@for d in $(MODULE_DIRS); do $(MAKE) --no-print-directory -C $$d clean OUT=$(MODULES_OUT); done
