@@ -408,8 +408,8 @@ class Children:
     configs: dict[int, str] = field(default_factory=dict)
 
     def objects(self) -> list[dict[str, Any]]:
-        """In apply order: a StatefulSet's ConfigMap before the StatefulSet."""
-        return [*self.configmaps, *self.statefulsets, self.service]
+        """In apply order: a StatefulSet's ConfigMap and Service (its ``serviceName``) first."""
+        return [*self.configmaps, self.service, *self.statefulsets]
 
 
 def render_children(

@@ -381,6 +381,17 @@ def test_no_hooks(helm: Helm) -> None:
         for doc in helm.template(values=values):
             assert "helm.sh/hook" not in doc["metadata"].get("annotations", {}), doc["metadata"]["name"]
             assert doc["kind"] != "Job"
+    # A values file of an earlier version (with the hook's settings) still installs, without it.
+    docs = helm.template(
+        sets=[
+            "cleanupHook.enabled=true",
+            "externalServers[0].name=a",
+            "externalServers[0].spec.company=c",
+            "externalServers[0].spec.cars[0].name=x",
+            "devBroker.enabled=true",
+        ]
+    )
+    assert not [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
 
 
 @pytest.mark.cluster

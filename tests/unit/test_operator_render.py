@@ -157,9 +157,9 @@ def test_children_per_shard() -> None:
     assert [o["kind"] for o in children.objects()] == [
         "ConfigMap",
         "ConfigMap",
-        "StatefulSet",
-        "StatefulSet",
         "Service",
+        "StatefulSet",
+        "StatefulSet",
     ]
 
 
