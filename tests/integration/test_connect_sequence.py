@@ -9,6 +9,10 @@ module saw (its counters) and the session's state/registry.
 Timing: T (response timeout) is 1 s unless a test needs a clear margin between "at
 once" and "after T" (then T = 3 s); D (pause after a run) is 0.1 s. Resets are detected
 through the disconnect notification every clean-up publishes (§3.3), never by sleeping.
+No assertion bounds how fast the machine is: a timer's exact length is the session core's
+fake-clock unit tests' business; here a reset is checked for its reason and for not coming
+before its deadline (measured from a moment taken before the timer started), with
+generous waits.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from external_server.session.state import CarState
 from external_server.simulator.car_client import CarClient
 from external_server.wire import ExternalProtocol_pb2 as ext
 from harness import COMPANY, ServerUnderTest, server_config_document, start_server
-from mosquitto_broker import MosquittoBroker, free_port
+from mosquitto_broker import MosquittoBroker
+from support.waiting import free_port
 
 pytestmark = pytest.mark.broker
 
@@ -88,6 +93,8 @@ class Rig:
     states: list[CarState]
     t: float
     _resets_seen: Counter[str] = field(default_factory=Counter)
+    phase_a_began: float = 0.0
+    """When the phase A that :meth:`ready_for_connect` waited for began (the session's clock)."""
 
     @property
     def session(self) -> CarSession:
@@ -126,13 +133,14 @@ class Rig:
                 and time.monotonic() - since < self.t - margin_s
             )
 
-        await self.server.wait_until(fresh_phase_a, timeout_s=2 * (self.t + D) + 2)
+        await self.server.wait_until(fresh_phase_a, timeout_s=2 * (self.t + D) + 10)
+        self.phase_a_began = session.stats.state_since or 0.0
         self.car.clear()
         self.snapshot_resets()
 
     async def expect_reset(self, reason: ResetReason, timeout_s: float | None = None) -> None:
         """One session reset (seen as the disconnect notification) and that it had ``reason``."""
-        wait = timeout_s if timeout_s is not None else self.t + 2.0
+        wait = timeout_s if timeout_s is not None else self.t + 10.0
         assert await self.car.receive_disconnect_notification(wait), f"no session reset within {wait} s"
         assert self.new_resets() == Counter({reason.value: 1}), dict(self.session.stats.resets)
         self.snapshot_resets()
@@ -203,8 +211,7 @@ class Rig:
             self.server.inject_command(CAR, device, data)
         await self.server.wait_until(lambda: self.counters()["commands_popped"] >= popped + len(commands))
         # the waiting thread hands the popped batch to the loop right after popping
-        await asyncio.sleep(0.05)
-        assert self.session_queue_length() >= 1
+        await self.server.wait_until(lambda: self.session_queue_length() >= 1, what="batch handed over")
 
 
 @contextlib.asynccontextmanager
@@ -343,9 +350,8 @@ async def test_no_connect_fails_phase_a_with_error_state(
     async with open_rig(mosquitto, tmp_path, monkeypatch) as rig:
         await rig.ready_for_connect()
         start = len(rig.states)
-        began = time.monotonic()
         await rig.expect_reset(ResetReason.NO_CONNECT)
-        assert time.monotonic() - began >= rig.t - 0.6  # not before the budget T (minus ready margin)
+        assert time.monotonic() - rig.phase_a_began >= rig.t  # not before the budget T
         await rig.wait_state(CarState.CONNECTED)
         assert since_index(rig.states, start)[:3] == [
             CarState.ERROR,
@@ -389,26 +395,26 @@ async def test_phase_a_budget_holds_while_other_messages_keep_arriving(
     mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """§4.4.1: the overall phase A budget is T (checked after each discarded message), so a
-    car that keeps sending statuses but no Connect still gets the run reset within ≈2T."""
+    car that keeps sending statuses but no Connect, every 0.2 s (well under T), still gets the
+    run reset: a budget restarted by every message would never run out."""
     async with open_rig(mosquitto, tmp_path, monkeypatch) as rig:
         await rig.ready_for_connect()
-        began = time.monotonic()
 
         async def spam() -> None:
             counter = 1
             while True:
                 rig.car.send_status("spam", RUNNING, counter, A)
                 counter += 1
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # the scenario: a steady stream of non-Connect messages
 
         spammer = asyncio.create_task(spam())
         try:
-            await rig.expect_reset(ResetReason.NO_CONNECT, timeout_s=2 * rig.t + 0.5)
+            await rig.expect_reset(ResetReason.NO_CONNECT, timeout_s=2 * rig.t + 10.0)
         finally:
             spammer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await spammer
-        assert time.monotonic() - began <= 2 * rig.t + 0.5
+        assert time.monotonic() - rig.phase_a_began >= rig.t
         assert rig.counters()["statuses"] == 0
 
 
@@ -545,11 +551,11 @@ async def test_connect_without_first_status_fails_and_disconnects_devices(
     async with open_rig(mosquitto, tmp_path, monkeypatch) as rig:
         await rig.ready_for_connect()
         start = len(rig.states)
+        began = time.monotonic()  # phase B's budget starts after this
         rig.car.send_connect("id", [A, B])
         await rig.expect_connect_response("id")
-        began = time.monotonic()
         await rig.expect_reset(ResetReason.FIRST_STATUS)
-        assert time.monotonic() - began >= rig.t - 0.1
+        assert time.monotonic() - began >= rig.t
         assert CarState.ERROR in since_index(rig.states, start)
         assert CarState.INITIALIZED not in since_index(rig.states, start)
         await rig.server.wait_until(lambda: rig.counters()["disconnects"] == 2)
@@ -988,12 +994,12 @@ async def test_missing_first_command_response_fails(
         start = len(rig.states)
         rig.car.send_connect("id", [A])
         await rig.expect_connect_response("id")
+        began = time.monotonic()  # phase D's budget starts after this
         rig.car.send_status("id", CONNECTING, 1, A)
         await rig.expect_status_responses("id", [1])
         await rig.expect_commands("id", 1)
-        began = time.monotonic()
         await rig.expect_reset(ResetReason.FIRST_COMMAND_RESPONSE)
-        assert time.monotonic() - began >= rig.t - 0.1
+        assert time.monotonic() - began >= rig.t
         assert CarState.ERROR in since_index(rig.states, start)
         assert CarState.INITIALIZED not in since_index(rig.states, start)
         await rig.server.wait_until(lambda: rig.counters()["disconnects"] == 1)
@@ -1252,16 +1258,16 @@ async def test_response_with_unmatched_counter_counts_but_command_times_out(
         start = len(rig.states)
         rig.car.send_connect("id", [A])
         await rig.expect_connect_response("id")
+        sent = time.monotonic()  # command 0 is sent (its timer starts) after this
         rig.car.send_status("id", CONNECTING, 1, A)
         await rig.expect_status_responses("id", [1])
         commands = await rig.expect_commands("id", 1)
-        sent = time.monotonic()
         assert commands[0].messageCounter == 0
         rig.car.send_command_response("id", 1)
         await rig.wait_state(CarState.RUNNING)
         assert CarState.INITIALIZED in since_index(rig.states, start)
         await rig.expect_reset(ResetReason.COMMAND_RESPONSE_TIMEOUT)
-        assert time.monotonic() - sent >= rig.t - 0.1
+        assert time.monotonic() - sent >= rig.t
 
 
 async def test_response_of_another_session_then_silence_fails(
@@ -1355,8 +1361,10 @@ async def test_command_timer_expired_during_sequence_still_resets(
     """§4.11 REF-QUIRK / §10.7 (design decision: timers authoritative): a first command whose
     response timer T expires while phase D is still running (the car answers only other
     counters, slowly) is not forgotten — normal communication starts with a
-    COMMAND_RESPONSE_TIMEOUT reset at once."""
-    async with open_rig(mosquitto, tmp_path, monkeypatch) as rig:
+    COMMAND_RESPONSE_TIMEOUT reset (a forgotten timer would leave the session running until the
+    session timer S ends it with another reason). T = 3 s: the scripted gaps of 0.6 T keep a wide
+    margin below T, so a busy machine cannot turn them into a phase D timeout."""
+    async with open_rig(mosquitto, tmp_path, monkeypatch, t=LONG_T) as rig:
         await rig.ready_for_connect()
         rig.car.send_connect("id", [A, B])
         await rig.expect_connect_response("id")
@@ -1369,9 +1377,8 @@ async def test_command_timer_expired_during_sequence_still_resets(
         rig.car.send_command_response("id", 1)  # early acknowledgement, counts as response 1 of 2
         await asyncio.sleep(0.6 * rig.t)  # command 0's timer has now expired
         rig.car.send_command_response("id", 7)  # unknown counter, counts as response 2 of 2
-        answered = time.monotonic()
-        await rig.expect_reset(ResetReason.COMMAND_RESPONSE_TIMEOUT, timeout_s=rig.t)
-        assert time.monotonic() - answered < 0.5 * rig.t
+        await rig.expect_reset(ResetReason.COMMAND_RESPONSE_TIMEOUT)
+        assert CarState.RUNNING in rig.states  # phase D completed; the expired timer ended the run
 
 
 # --------------------------------------------------------------------------------------
@@ -1564,9 +1571,10 @@ async def test_same_session_id_accepted_after_session_timeout(
     async with open_rig(mosquitto, tmp_path, monkeypatch, session_timeout_s=1.5) as rig:
         await rig.ready_for_connect()
         await rig.run_sequence("id", [A])
-        silent_since = time.monotonic()
-        await rig.expect_reset(ResetReason.SESSION_TIMEOUT, timeout_s=1.5 + 2)
-        assert time.monotonic() - silent_since >= 1.5 - 0.1
+        deadline = rig.session.core.session_deadline
+        assert deadline is not None
+        await rig.expect_reset(ResetReason.SESSION_TIMEOUT, timeout_s=1.5 + 10)
+        assert time.monotonic() >= deadline  # after S of silence, not before
         await rig.ready_for_connect()
         await rig.run_sequence("id", [A])
         assert rig.counters()["statuses"] == 2

@@ -303,6 +303,18 @@ class FleetHttpApiDouble:
                 if r.route == route and r.started >= since and (status is None or r.status == status)
             )
 
+    def waiting(self, kind: str = "command", company: str = "", car: str = "") -> int:
+        """Long polls of ``kind`` ("command" or "status") parked right now, for a car or for all.
+
+        What a test waits for instead of sleeping until a poller "must be" inside its long poll.
+        """
+        parked = list(self._waiters.items())  # written on the double's loop; a copy is enough here
+        return sum(
+            sum(1 for waiter in waiters if not waiter.future.done())
+            for (waiter_company, waiter_car, waiter_kind), waiters in parked
+            if waiter_kind == kind and company in ("", waiter_company) and car in ("", waiter_car)
+        )
+
     def stored(self, kind: str, company: str, car: str) -> list[dict[str, Any]]:
         """Stored statuses ("status") or commands ("command") of a car, in storage order (copies)."""
         with self.lock:

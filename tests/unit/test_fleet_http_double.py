@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from support.http_api_double import DUPLICATE_TEXT, FleetHttpApiDouble, http_request, message
+from support.waiting import wait_until_blocking
 
 T_API_S = 0.4
 CAR = "/command/company_x/car_a"
@@ -114,13 +115,12 @@ def test_long_poll_wakes_every_waiter_with_that_post_only(api: FleetHttpApiDoubl
     waiters = [threading.Thread(target=poll) for _ in range(2)]
     for waiter in waiters:
         waiter.start()
-    time.sleep(0.3)
-    started = time.monotonic()
+    wait_until_blocking(lambda: api.waiting("command") == 2, what="both polls parked")
     assert api.post_commands("company_x", "car_a", [command_of("first", module=2)])[0] == 200
     assert api.post_commands("company_x", "car_a", [command_of("second")])[0] == 200
     for waiter in waiters:
         waiter.join(5)
-    assert time.monotonic() - started < 1.0
+    # woken by the first POST (a poll that ran out its T_api would have answered [] instead)
     assert [[m["payload"]["data"] for m in body] for _, body in results] == [["first"], ["first"]]
 
 
