@@ -58,3 +58,29 @@ def test_only_the_lease_holder_acts_and_the_other_takes_over(
         lambda: holder(cluster).startswith("operator_"),
         on_timeout=operator.log()[-3000:],
     )
+
+
+def test_an_operator_that_loses_the_lease_stops_acting(cluster: Cluster, operator: Operator) -> None:
+    """Another process holds the Lease now (this one could not renew in time): it stops and
+    exits (non-zero, so its pod restarts and waits), instead of acting next to the new holder."""
+    wait_for("the session operator leading", lambda: holder(cluster).startswith("operator_"))
+    lease = cluster.get("lease", LEASE_NAME, LEASE_NAMESPACE)
+    assert lease is not None
+    cluster.request(
+        "PATCH",
+        f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{LEASE_NAME}",
+        {"spec": {"holderIdentity": "intruder", "renewTime": lease["spec"]["renewTime"]}},
+    )
+    proc = operator.proc
+    assert proc is not None
+    wait_for("the operator to exit", lambda: proc.poll() is not None, on_timeout=operator.log()[-3000:])
+    assert proc.returncode == 1
+    assert "is now held by intruder: stopped acting" in operator.log()
+    # The intruder never renews: a new operator takes over once the Lease has expired.
+    operator.start()
+    wait_for(
+        "the restarted operator leading",
+        lambda: holder(cluster).startswith("operator_"),
+        timeout=40,
+        on_timeout=operator.log()[-3000:],
+    )
