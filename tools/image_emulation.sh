@@ -12,7 +12,8 @@
 #             the modules by absolute path and answers /healthz (loopback only, no broker needed)
 #   operator  a fresh venv with the wheel's `operator` extra: `external-server-operator --help`
 #
-# The venvs install the wheel's dependencies from PyPI (pip's cache makes repeated runs fast).
+# The venvs install the wheel's dependencies from PyPI at the versions pinned in
+# tools/image/constraints.txt, as the image's wheelhouse does (pip's cache makes repeated runs fast).
 # WORKDIR defaults to a new temporary directory, deleted at exit unless KEEP_WORKDIR=1.
 # PYTHON (default: the project's .venv python, else python3.11/python3) is the interpreter the
 # venvs are made from; the image uses Python 3.11. Prints "image-emulation: OK" at the end.
@@ -49,6 +50,8 @@ cleanup() {
 trap cleanup EXIT
 
 PIP_FLAGS=(--disable-pip-version-check --quiet)
+# The image installs exactly these versions (from its wheelhouse); so do the venvs here.
+CONSTRAINTS=$ROOT/tools/image/constraints.txt
 
 # --- modules stage ---
 say "stage modules"
@@ -75,7 +78,7 @@ say "wheel: $(basename "$WHEEL")"
 say "stage server"
 rm -rf "$W/server-venv"
 "$PYTHON" -m venv "$W/server-venv"
-"$W/server-venv/bin/pip" install "${PIP_FLAGS[@]}" "$WHEEL" >&2
+"$W/server-venv/bin/pip" install "${PIP_FLAGS[@]}" --constraint "$CONSTRAINTS" "$WHEEL" >&2
 SPY="$W/server-venv/bin/python"
 "$W/server-venv/bin/external-server" --help >"$W/server-help.txt" || fail "external-server --help"
 grep -q -- "--http-port" "$W/server-help.txt" || fail "external-server --help does not list --http-port"
@@ -136,7 +139,7 @@ say "server /healthz answered, stopped cleanly"
 say "stage operator"
 rm -rf "$W/operator-venv"
 "$PYTHON" -m venv "$W/operator-venv"
-"$W/operator-venv/bin/pip" install "${PIP_FLAGS[@]}" "${WHEEL}[operator]" >&2
+"$W/operator-venv/bin/pip" install "${PIP_FLAGS[@]}" --constraint "$CONSTRAINTS" "${WHEEL}[operator]" >&2
 "$W/operator-venv/bin/external-server-operator" --help >"$W/operator-help.txt" ||
   fail "external-server-operator --help"
 grep -q -- "--liveness-port" "$W/operator-help.txt" || fail "operator --help does not list --liveness-port"
