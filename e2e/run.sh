@@ -9,9 +9,11 @@
 #   1. a Docker engine: one that answers `docker info`, else tools/docker/engine.sh ensure (Debian's
 #      docker.io; needs root), stopped again at the end when this run started it;
 #   2. a cluster, by provider (E2E_PROVIDER, default auto = kind when `kind` is installed, else node):
-#        kind  `kind create cluster` (or reuse E2E_CLUSTER), images `kind load`ed;
-#        node  the project's single-node Kubernetes 1.20.2 (tools/cluster/up.sh): the kubelet uses
-#              dockershim, so the images this run builds are visible to pods at once;
+#        kind        `kind create cluster` (or reuse E2E_CLUSTER), images `kind load`ed;
+#        node        the project's single-node Kubernetes 1.20.2 (tools/cluster/up.sh): the kubelet
+#                    uses dockershim, so the images this run builds are visible to pods at once;
+#        kubeconfig  an existing cluster whose node sees this Docker engine's images
+#                    (E2E_KUBECONFIG=path), neither created nor torn down;
 #   3. the images: `make image` (server and operator, no registry needed: a local Debian Python
 #      base when the public one cannot be pulled) and the development broker's image
 #      (tools/image/ensure-broker.sh); E2E_EXTRA_CA=<PEM bundle> is passed as the documented extra
@@ -70,7 +72,8 @@ if [ "$PROVIDER" = auto ]; then
 fi
 case "$PROVIDER" in
   kind | node) ;;
-  *) say "E2E_PROVIDER must be auto, kind or node (got '$PROVIDER')"; exit 2 ;;
+  kubeconfig) [ -r "${E2E_KUBECONFIG:-}" ] || { say "E2E_PROVIDER=kubeconfig needs E2E_KUBECONFIG=<readable file>"; exit 2; } ;;
+  *) say "E2E_PROVIDER must be auto, kind, node or kubeconfig (got '$PROVIDER')"; exit 2 ;;
 esac
 command -v kubectl >/dev/null 2>&1 || skip "kubectl is not installed"
 if [ "$PROVIDER" = node ]; then
@@ -144,6 +147,13 @@ cleanup() {
         if [ "$status" -eq 0 ]; then status=1; fi
       fi
     fi
+  elif [ "$PROVIDER" = kubeconfig ] && [ "$cluster_up" = 1 ]; then
+    say "removing what this run left in the existing cluster (release $RELEASE, namespace $NAMESPACE)"
+    for exs in $(kubectl get externalservers -n "$NAMESPACE" -o name 2>/dev/null); do
+      kubectl patch "$exs" -n "$NAMESPACE" --type=merge -p '{"metadata":{"finalizers":[]}}' >/dev/null 2>&1 || true
+    done
+    "$HELM" uninstall "$RELEASE" -n "$NAMESPACE" --no-hooks >/dev/null 2>&1 || true
+    kubectl delete namespace "$NAMESPACE" --wait=true --timeout=120s >/dev/null 2>&1 || true
   elif [ "$kind_created" = 1 ]; then
     say "deleting kind cluster $CLUSTER"
     kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
@@ -207,6 +217,10 @@ if [ "$PROVIDER" = kind ]; then
     say "kind load $image"
     kind load docker-image --name "$CLUSTER" "$image" >/dev/null
   done
+elif [ "$PROVIDER" = kubeconfig ]; then
+  say "using the existing cluster of $E2E_KUBECONFIG"
+  cp "$E2E_KUBECONFIG" "$KUBECONFIG"
+  cluster_up=1
 else
   say "starting the single-node cluster (tools/cluster/up.sh; logs in $WORK/cluster/logs)"
   cluster_up=1
