@@ -4,7 +4,9 @@
 #
 #   tools/cluster/down.sh WORKDIR
 #
-# In order: the kubelet stops; every container it created (`docker ps -a --filter name=k8s_`) is
+# Only the cluster that owns the node (see lib.sh) removes node-wide state; for any other WORKDIR
+# (e.g. one whose up.sh refused to start because another cluster runs) only its own processes and
+# mounts are handled. In order: the kubelet stops; every container it created (`docker ps -a --filter name=k8s_`) is
 # removed; kube-proxy stops and `kube-proxy --cleanup` removes its iptables rules, then any KUBE-*
 # chain left (the kubelet's own) is deleted; dnsmasq, dns-sync, the scheduler, the controller
 # manager, the API server and etcd stop (SIGTERM to each process group recorded in WORKDIR/pids,
@@ -31,6 +33,19 @@ if [ -z "$BIN" ] && [ -n "${FLEET_CLUSTER_BIN_DIR:-}" ]; then BIN=$FLEET_CLUSTER
 if [ -z "$BIN" ]; then BIN=${XDG_CACHE_HOME:-$HOME/.cache}/fleet-external-server/envtest/1.20.2; fi
 
 docker_ok() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+mkdir -p "$W/logs"
+
+# The node-wide cleanup (kubelet containers, KUBE-* chains) only for the cluster that owns the
+# node: never for a WORKDIR whose up.sh stopped early because another cluster runs.
+owner=$(node_owner)
+node_wide=0
+if [ "$owner" = "$W" ]; then
+  node_wide=1
+elif [ -z "$owner" ] && { [ -e "$W/pids/kubelet.pid" ] || [ -e "$W/pids/kube-proxy.pid" ]; }; then
+  node_wide=1
+elif [ -n "$owner" ]; then
+  cluster_log "the node belongs to the cluster of $owner: leaving its containers and iptables alone"
+fi
 
 # Pod UIDs, for their log directories (only while the API server still answers).
 uids=""
@@ -43,7 +58,7 @@ fi
 stop_proc "$W" kubelet 20
 
 # 2. Its containers (pods and pod sandboxes).
-if docker_ok; then
+if [ "$node_wide" = 1 ] && docker_ok; then
   mapfile -t ids < <(docker ps -aq --filter name=k8s_)
   if [ ${#ids[@]} -gt 0 ]; then
     cluster_log "removing ${#ids[@]} kubelet containers"
@@ -53,11 +68,13 @@ fi
 
 # 3. kube-proxy and the iptables rules.
 stop_proc "$W" kube-proxy
-if [ -x "$BIN/kube-proxy" ] && command -v iptables >/dev/null 2>&1; then
-  "$BIN/kube-proxy" --cleanup >>"$W/logs/kube-proxy-cleanup.log" 2>&1 \
-    || cluster_log "kube-proxy --cleanup failed (see $W/logs/kube-proxy-cleanup.log); deleting chains directly"
+if [ "$node_wide" = 1 ]; then
+  if [ -x "$BIN/kube-proxy" ] && command -v iptables >/dev/null 2>&1; then
+    "$BIN/kube-proxy" --cleanup >>"$W/logs/kube-proxy-cleanup.log" 2>&1 \
+      || cluster_log "kube-proxy --cleanup failed (see $W/logs/kube-proxy-cleanup.log); deleting chains directly"
+  fi
+  delete_kube_chains
 fi
-delete_kube_chains
 
 # 4. The rest, in reverse start order.
 for name in dnsmasq dns-sync kube-scheduler kube-controller-manager kube-apiserver etcd; do
@@ -76,7 +93,7 @@ for uid in $uids; do
     [ -e "$d" ] && rm -rf "$d"
   done
 done
-if [ -d /var/log/containers ]; then
+if [ "$node_wide" = 1 ] && [ -d /var/log/containers ]; then
   find /var/log/containers -maxdepth 1 -type l ! -exec test -e {} \; -delete 2>/dev/null || true
 fi
 if [ -S "$W/dockershim/dockershim.sock" ]; then rm -f "$W/dockershim/dockershim.sock"; fi
@@ -86,14 +103,17 @@ left=()
 for name in "${CLUSTER_PROCS[@]}"; do
   if pid=$(recorded_pid "$W" "$name"); then left+=("process $name (pid $pid)"); fi
 done
-if docker_ok; then
-  while read -r c; do [ -n "$c" ] && left+=("container $c"); done < <(docker ps -a --filter name=k8s_ --format '{{.Names}}')
+if [ "$node_wide" = 1 ]; then
+  if docker_ok; then
+    while read -r c; do [ -n "$c" ] && left+=("container $c"); done < <(docker ps -a --filter name=k8s_ --format '{{.Names}}')
+  fi
+  while read -r c; do [ -n "$c" ] && left+=("chain $c"); done < <(kube_chains)
 fi
-while read -r c; do [ -n "$c" ] && left+=("chain $c"); done < <(kube_chains)
 while read -r m; do [ -n "$m" ] && left+=("mount $m"); done < <(mounts_below "$W")
 if [ ${#left[@]} -gt 0 ]; then
   cluster_log "left behind after down.sh:"
   printf '  %s\n' "${left[@]}" >&2
   exit 1
 fi
+if [ "$(node_owner)" = "$W" ]; then rm -f "$CLUSTER_OWNER"; fi
 cluster_log "cluster in $W is down ($((SECONDS - T0))s)"

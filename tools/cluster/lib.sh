@@ -48,7 +48,8 @@ start_proc() {
   shift 2
   mkdir -p "$workdir/logs" "$workdir/pids"
   echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) $*" >>"$workdir/logs/$name.log"
-  setsid "$@" </dev/null >>"$workdir/logs/$name.log" 2>&1 &
+  # fd 8 is up.sh's node lock: the long-lived processes must not hold it.
+  setsid "$@" </dev/null >>"$workdir/logs/$name.log" 2>&1 8>&- &
   pid=$!
   echo "$pid $(proc_starttime "$pid")" >"$workdir/pids/$name.pid"
 }
@@ -119,4 +120,24 @@ delete_kube_chains() {
       } | "$cmd-restore" -w 5 --noflush || cluster_log "could not delete all KUBE- chains from $cmd $table"
     done
   done
+}
+
+# The node-wide resources (kubelet and kube-proxy ports, the kubelet's containers, KUBE-* chains,
+# port 53 on docker0) belong to one cluster at a time: the WORKDIR named in this file, written by
+# up.sh (under CLUSTER_LOCK) before it starts anything and removed by that WORKDIR's down.sh.
+# down.sh of any other WORKDIR leaves those resources alone.
+CLUSTER_RUN_DIR=${FLEET_CLUSTER_RUN_DIR:-/run/fleet-external-server}
+CLUSTER_OWNER=$CLUSTER_RUN_DIR/cluster.owner
+CLUSTER_LOCK=$CLUSTER_RUN_DIR/cluster.lock
+
+# The WORKDIR that owns the node, empty when none does.
+node_owner() { cat "$CLUSTER_OWNER" 2>/dev/null || true; }
+
+# Whether WORKDIR still has any process of its cluster alive.
+cluster_alive() {
+  local name
+  for name in "${CLUSTER_PROCS[@]}"; do
+    recorded_pid "$1" "$name" >/dev/null && return 0
+  done
+  return 1
 }

@@ -48,6 +48,8 @@
 # WORKDIR/env (KEY=value, for scripts): KUBECONFIG, API_SERVER, NODE_NAME, NODE_IP, DNS_IP,
 # CLUSTER_DOMAIN, SERVICE_CIDR, POD_CIDR, PAUSE_IMAGE, BIN_DIR. See lib.sh for the rest of WORKDIR.
 # Only one cluster per machine: the kubelet, kube-proxy and the DNS use fixed node-wide resources.
+# up.sh records its WORKDIR in /run/fleet-external-server/cluster.owner and refuses to start while
+# the cluster of another WORKDIR is alive (it names that WORKDIR; run down.sh for it).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -153,12 +155,27 @@ POD_CIDR=$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Subn
 POD_CIDR=${POD_CIDR:-172.17.0.0/16}
 say "node address $NODE_IP (docker0), pods in $POD_CIDR"
 
+STEP="claiming the node"
+# One up.sh at a time; the owner record says which WORKDIR's cluster holds the node.
+mkdir -p "$CLUSTER_RUN_DIR"
+exec 8>"$CLUSTER_LOCK"
+flock -w "$TIMEOUT" 8 || die "another up.sh holds $CLUSTER_LOCK"
+owner=$(node_owner)
+if [ -n "$owner" ] && [ "$owner" != "$W" ]; then
+  if cluster_alive "$owner"; then
+    die "the cluster of $owner is running on this machine; tear it down first: $HERE/down.sh $owner"
+  fi
+  say "the cluster of $owner is gone; taking the node over"
+fi
+
 STEP="checking ports"
 port_busy() { ss -Hltn "sport = :$1" | grep -q .; }
 for p in "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" 10250 10248 10249 10256; do
   port_busy "$p" && die "TCP port $p is in use (another cluster? run down.sh for it)"
 done
 ss -Hlun "sport = :53" | awk '{print $4}' | grep -qxF "$NODE_IP:53" && die "$NODE_IP:53 (UDP) is in use"
+
+echo "$W" >"$CLUSTER_OWNER"
 
 # Containers of an earlier kubelet (no kubelet runs now: its ports are free) would be killed and
 # removed by the new one behind the back of nobody; remove them now, visibly.
@@ -336,5 +353,6 @@ POD_CIDR=$POD_CIDR
 PAUSE_IMAGE=$PAUSE_IMAGE
 BIN_DIR=$BIN
 EOF
+exec 8>&-
 say "cluster up: node $NODE_NAME Ready, API $API_SERVER, DNS $NODE_IP"
 echo "$KCFG"

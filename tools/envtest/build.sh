@@ -11,6 +11,12 @@
 #   * pkg/generated/openapi is not shipped: generate it with the vendored openapi-gen;
 #   * the vendored reflect2/json-iterator crash on go >= 1.18: swap in Debian's versions;
 #   * stamp the version into component-base/version and client-go/pkg/version.
+# and with the project's patches beside this script (COMPONENT-*.patch, applied with patch -p1 to
+# the whole tree; each built COMPONENT gets DEST/.COMPONENT.patches naming the patches' sha256, so
+# ensure.sh rebuilds a component whose patches changed):
+#   * kubelet-sandbox-cleanup.patch: a deleted pod's stopped sandbox is removed as soon as it
+#     dies, not up to a minute later by the container GC (pods otherwise stay Terminating for up
+#     to a minute, with ContainerStatusUnknown/exit 137, in about half of all deletes).
 #
 # Usage: tools/envtest/build.sh [COMPONENT...]   (normally called by tools/envtest/ensure.sh)
 #        COMPONENTs are cmd/ names of the source tree, default: kube-apiserver
@@ -24,6 +30,9 @@ set -euo pipefail
 exec 3>&1 1>&2
 
 K8S_VERSION=1.20.2
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=patches.sh
+. "$HERE/patches.sh"
 CACHE_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/fleet-external-server/envtest
 DEST=${FLEET_ENVTEST_DIR:-$CACHE_ROOT/$K8S_VERSION}
 WORK=${FLEET_ENVTEST_WORK:-$CACHE_ROOT/work-$K8S_VERSION}
@@ -88,10 +97,12 @@ mkdir -p "$WORK"/{src,debs,bin,gopath/src/k8s.io} "$DEST"
 
 # --- 1. source + reflect2/json-iterator replacement ----------------------------------------
 S=$WORK/src/kubernetes-$K8S_VERSION
-if [ ! -f "$S/.fleet-patched" ]; then
+TREE_ID=$(patches_id all)
+if [ ! -f "$S/.fleet-patched" ] || [ "$(cat "$S/.fleet-patched")" != "$TREE_ID" ]; then
   rm -rf "$S" "$WORK"/src/kubernetes_* "$WORK"/debs/*
   (cd "$WORK/src" && apt-get source --download-only -qq kubernetes >/dev/null)
-  dsc=$(ls "$WORK"/src/kubernetes_*.dsc | head -n1)
+  dscs=("$WORK"/src/kubernetes_*.dsc)
+  dsc=${dscs[0]}
   case "$dsc" in
     *"$K8S_VERSION"*) ;;
     *) log "unexpected kubernetes source package: $dsc (want $K8S_VERSION)"; exit 1 ;;
@@ -107,12 +118,16 @@ if [ ! -f "$S/.fleet-patched" ]; then
   cp "$D"/modern-go/reflect2/*.go "$D"/modern-go/reflect2/*.s "$R"/
   cp "$D"/json-iterator/go/*.go "$J"/
   rm -f "$R"/*_test.go "$J"/*_test.go
-  touch "$S/.fleet-patched"
+  for p in $(patch_files all); do
+    log "applying $(basename "$p")"
+    patch -d "$S" -p1 --forward --quiet <"$p"
+  done
+  echo "$TREE_ID" >"$S/.fleet-patched"
 fi
 T1=$(now); log "source + patch: $((T1 - T0))s"
 
 # --- 2. GOPATH mode ------------------------------------------------------------------------
-export GO111MODULE=off GOPATH=$WORK/gopath GOPROXY=off GOFLAGS= CGO_ENABLED=0 GOCACHE=$WORK/gocache
+export GO111MODULE=off GOPATH=$WORK/gopath GOPROXY=off GOFLAGS='' CGO_ENABLED=0 GOCACHE=$WORK/gocache
 ln -sfn "$S" "$GOPATH/src/k8s.io/kubernetes"
 cd "$GOPATH/src/k8s.io/kubernetes"
 
@@ -148,6 +163,7 @@ for C in "${COMPONENTS[@]}"; do
   Ts=$(now)
   go build -trimpath -ldflags "$LDF" -o "$WORK/bin/$C" "./cmd/$C"
   install -m 0755 "$WORK/bin/$C" "$DEST/$C.tmp" && mv -f "$DEST/$C.tmp" "$DEST/$C"
+  patches_id "$C" >"$DEST/.$C.patches"
   log "built $C: $(($(now) - Ts))s, $(stat -c %s "$DEST/$C") bytes"
 done
 install -m 0755 "$(command -v etcd)" "$DEST/etcd.tmp" && mv -f "$DEST/etcd.tmp" "$DEST/etcd"

@@ -16,6 +16,8 @@
 # need the cluster, so a cold machine builds from the sources once (about 4 more minutes).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=patches.sh
+. "$HERE/patches.sh"
 K8S_VERSION=1.20.2
 CACHE_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/fleet-external-server/envtest
 DEST=${FLEET_ENVTEST_DIR:-$CACHE_ROOT/$K8S_VERSION}
@@ -24,11 +26,17 @@ WORK=${FLEET_ENVTEST_WORK:-$CACHE_ROOT/work-$K8S_VERSION}
 WANT=(kube-apiserver kube-controller-manager)
 if [ "${FLEET_ENVTEST_NODE:-0}" = 1 ]; then WANT+=(kube-scheduler kubelet kube-proxy); fi
 
-# The wanted components that are not built yet, one per line.
+# The wanted components that are not built yet (or were built without their current patches,
+# see build.sh), one per line.
 missing() {
-  local b
+  local b want
   for b in "${WANT[@]}"; do
-    [ -x "$DEST/$b" ] || echo "$b"
+    want=$(patches_id "$b")
+    if [ ! -x "$DEST/$b" ]; then
+      echo "$b"
+    elif [ -n "$want" ] && [ "$(cat "$DEST/.$b.patches" 2>/dev/null)" != "$want" ]; then
+      echo "$b"
+    fi
   done
 }
 
@@ -55,7 +63,7 @@ if ! complete; then
     fi
     # The unpacked source tree (~500 MB) is cheap to fetch again.
     if [ "${FLEET_ENVTEST_KEEP_WORK:-0}" != 1 ]; then
-      rm -rf "$WORK/src" "$WORK/gopath" "$WORK/debs" "$WORK/bin"
+      rm -rf "${WORK:?}/src" "${WORK:?}/gopath" "${WORK:?}/debs" "${WORK:?}/bin"
     fi
     complete || { echo "ensure-envtest: build finished but binaries are missing in $DEST" >&2; exit 1; }
   fi
