@@ -9,7 +9,8 @@
 # $BROKER_IMAGE (default eclipse-mosquitto:2) when it is present or can be pulled; otherwise
 # $LOCAL_BROKER_IMAGE (default fleet-local/mosquitto:2), built from Debian's mosquitto on the local
 # Debian base (tools/image/mosquitto/Dockerfile, tools/image/ensure-base.sh debian). Progress on
-# stderr. FLEET_IMAGE_PULL=0 skips the pull attempt.
+# stderr. FLEET_IMAGE_PULL=0 skips the pull attempt. The local image is rebuilt when its Dockerfile
+# changed (a label records the Dockerfile's digest).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BROKER_IMAGE=${BROKER_IMAGE:-eclipse-mosquitto:2}
@@ -30,9 +31,13 @@ if [ "${FLEET_IMAGE_PULL:-1}" != 0 ]; then
     fi
     say "cannot pull $BROKER_IMAGE: ${err##*$'\n'}"
 fi
-if present "$LOCAL_BROKER_IMAGE"; then echo "$LOCAL_BROKER_IMAGE"; exit 0; fi
+# The local image is rebuilt when tools/image/mosquitto/Dockerfile changed since it was built.
+recipe=$(sha256sum <"$HERE/mosquitto/Dockerfile" | cut -c1-16)
+built=$(docker image inspect -f '{{index .Config.Labels "io.fleet-external-server.recipe"}}' \
+    "$LOCAL_BROKER_IMAGE" 2>/dev/null || true)
+if [ "$built" = "$recipe" ]; then echo "$LOCAL_BROKER_IMAGE"; exit 0; fi
 debian=$("$HERE/ensure-base.sh" debian)
 say "building $LOCAL_BROKER_IMAGE from $debian and Debian's mosquitto"
-docker build -q --build-arg DEBIAN_IMAGE="$debian" -t "$LOCAL_BROKER_IMAGE" - \
-    <"$HERE/mosquitto/Dockerfile" >/dev/null
+docker build -q --build-arg DEBIAN_IMAGE="$debian" --label "io.fleet-external-server.recipe=$recipe" \
+    -t "$LOCAL_BROKER_IMAGE" - <"$HERE/mosquitto/Dockerfile" >/dev/null
 echo "$LOCAL_BROKER_IMAGE"
