@@ -3,8 +3,7 @@
 Each gateway is one asyncio task processing its events strictly in order
 (messages, disconnect notifications, link changes) against deadlines (next
 status, oldest unanswered status, end of run), like the real gateway's single
-receive loop. Receive times are taken in the MQTT callback, so the measured
-status→StatusResponse latency does not include this task's queueing.
+receive loop. State, sending and receiving are in ``gateway_base.py``.
 """
 
 from __future__ import annotations
@@ -12,22 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
-from typing import NamedTuple
-
-from google.protobuf.message import DecodeError
 
 from ..device import Device
-from ..transport import CarTopics, PublishError
 from ..wire import ExternalProtocol_pb2 as ext
-from ..wire import InternalProtocol_pb2 as internal
 from . import messages
-from .config import GatewayConfig, JsonStatusData
-from .connection import SharedConnection
-from .stats import GatewayStats, LatencySummary
+from .car_rules import CommandCounterCheck
+from .gateway_base import GatewayBase
+from .gateway_types import GatewayState, ReceivedCommand
+from .inbox import InboxEvent, Kind
+from .stats import GatewayStats
+
+__all__ = ["GatewayState", "ReceivedCommand", "SimulatedGateway"]
 
 _CATCH_UP_LIMIT_S = 1.0
 """Open loop: after a stall, send at most this much of the backlog in a burst, then keep the rate."""
@@ -35,138 +29,12 @@ _CATCH_UP_LIMIT_S = 1.0
 _STOPPED = "stopped"
 
 
-class GatewayState(Enum):
-    IDLE = "idle"
-    """Not started, waiting for its start delay, or for the broker before the first attempt."""
-    CONNECTING_SEQUENCE = "connecting_sequence"
-    CONNECTED = "connected"
-    """Normal communication."""
-    DISCONNECTED = "disconnected"
-    """Between sessions: after a drop or a failed connect sequence, until the next attempt."""
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class ReceivedCommand:
-    """A command as the gateway received it, with the answer it gave."""
-
-    session_id: str
-    counter: int
-    device: Device
-    data: bytes
-    received_at: float
-    response: ext.CommandResponse.Type
-
-
-class _Kind(Enum):
-    MESSAGE = 1
-    NOTIFICATION = 2
-    LINK_DOWN = 3
-
-
-class _Event(NamedTuple):
-    kind: _Kind
-    payload: bytes
-    at: float
-
-
-class SimulatedGateway:
+class SimulatedGateway(GatewayBase):
     """The §4.15 behaviour for one car on a :class:`SharedConnection`.
 
     Create it before the connection is started (topics are routed then), call
     :meth:`start` (or await :meth:`run`), and :meth:`close` at the end.
     """
-
-    def __init__(
-        self, connection: SharedConnection, config: GatewayConfig, *, logger: logging.Logger | None = None
-    ) -> None:
-        self.config = config
-        self.connection = connection
-        self.topics = CarTopics(config.company, config.car)
-        self.stats = GatewayStats()
-        self.commands: deque[ReceivedCommand] = deque(maxlen=config.keep_commands)
-        self._log = logger or logging.getLogger("external_server.simulator.gateway")
-        self._status_data = config.status_data or JsonStatusData(config.car)
-        self._timings = config.timings
-        self._devices: list[Device] = list(config.devices)
-        self._announce: set[tuple[int, int, str]] = set()
-        self._state = GatewayState.IDLE
-        self._final_state: GatewayState | None = None
-        self._session_id = ""
-        self._status_counter = 0
-        self._last_command_counter = 0
-        self._pending: dict[int, float] = {}
-        self._waiters: dict[int, asyncio.Future[bool]] = {}
-        self._farewells: set[int] = set()
-        self._inbox: deque[_Event] = deque()
-        self._wakeup = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._stop_requested = False
-        self._drain_on_stop = True
-        self._link_epoch = 0
-        self._sequence = 0
-        self._round_robin = 0
-        self._next_status_at = 0.0
-        self._reconnect_at = 0.0
-        self._end_at = math.inf
-        self._failing_in_a_row = 0
-        self._task: asyncio.Task[GatewayStats] | None = None
-        connection.route(self.topics.external_server, self._on_payload)
-        connection.route(self.topics.disconnect_notification, self._on_notification)
-        connection.add_state_listener(self._on_link_state)
-
-    # ---- observation -----------------------------------------------------------
-
-    @property
-    def car(self) -> str:
-        return self.config.car
-
-    @property
-    def state(self) -> GatewayState:
-        return self._state
-
-    @property
-    def final_state(self) -> GatewayState | None:
-        """The state the run ended in (CONNECTED = still in normal communication); None while running."""
-        return self._final_state
-
-    @property
-    def session_id(self) -> str:
-        """Id of the current (or last) session; empty before the first attempt."""
-        return self._session_id
-
-    @property
-    def devices(self) -> tuple[Device, ...]:
-        """Devices currently connected on the gateway side (announced in the next Connect)."""
-        return tuple(self._devices)
-
-    @property
-    def unanswered_statuses(self) -> int:
-        return len(self._pending)
-
-    def latency_summary(self) -> LatencySummary:
-        return LatencySummary.from_samples(self.stats.latencies_s)
-
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:  # noqa: ASYNC109
-        """Wait until ``predicate()`` holds (checked after every state change, status answer or command)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not predicate():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            changed = self._changed
-            try:
-                await asyncio.wait_for(changed.wait(), remaining)
-            except TimeoutError:
-                return predicate()
-        return True
-
-    async def wait_connected(self, timeout: float = 30.0, *, sessions: int = 1) -> bool:  # noqa: ASYNC109
-        """True once in normal communication after at least ``sessions`` completed connect sequences."""
-        return await self.wait_until(
-            lambda: self._state is GatewayState.CONNECTED and self.stats.sessions >= sessions, timeout
-        )
 
     # ---- control -----------------------------------------------------------------
 
@@ -182,7 +50,7 @@ class SimulatedGateway:
         """Stop sending; with ``drain`` wait (≤ drain_timeout_s) for answers to statuses in flight."""
         self._stop_requested = True
         self._drain_on_stop = self._drain_on_stop and drain
-        self._wake()
+        self._inbox.wake()
 
     async def close(self, *, drain: bool = True) -> GatewayStats:
         """Stop and wait until the gateway task has ended."""
@@ -201,7 +69,7 @@ class SimulatedGateway:
             return False
         self._devices.remove(match)
         self._announce.discard(match.key)
-        self._wake()
+        self._inbox.wake()
         if self._state is not GatewayState.CONNECTED:
             return False
         counter = self._send_status(match, ext.Status.DISCONNECT)
@@ -224,7 +92,7 @@ class SimulatedGateway:
         self._devices.append(device)
         if self._state in (GatewayState.CONNECTED, GatewayState.CONNECTING_SEQUENCE):
             self._announce.add(device.key)  # not in the current Connect: announce it with its first status
-        self._wake()
+        self._inbox.wake()
 
     # ---- main loop -------------------------------------------------------------
 
@@ -256,7 +124,7 @@ class SimulatedGateway:
     async def _sleep_until(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()
         while not self._finishing() and loop.time() < deadline:
-            await self._next_event(min(deadline, self._end_at))
+            await self._inbox.next(min(deadline, self._end_at))
 
     async def _wait_ready_to_connect(self) -> bool:
         """Wait for: a device to announce, the broker, and the reconnect time. False when the run is over."""
@@ -268,7 +136,7 @@ class SimulatedGateway:
             deadline = self._end_at
             if self._devices and self.connection.connected:
                 deadline = min(deadline, self._reconnect_at)
-            await self._next_event(deadline)  # anything arriving between sessions is ignored
+            await self._inbox.next(deadline)  # anything arriving between sessions is ignored
         return False
 
     # ---- connect sequence ------------------------------------------------------
@@ -284,7 +152,7 @@ class SimulatedGateway:
         session_id = messages.new_session_id()
         self._session_id = session_id
         self._status_counter = 0
-        self._last_command_counter = 0
+        self._command_counters = CommandCounterCheck()
         epoch = self._link_epoch
         devices = list(self._devices)
         started = loop.time()
@@ -323,7 +191,7 @@ class SimulatedGateway:
             command = reply.command
             if command.sessionId != session_id:
                 return self._sequence_failed("command with another session id")
-            if not self._command_counter_ok(command.messageCounter):
+            if not self._command_counters.accept(command.messageCounter):
                 return self._sequence_failed("command counter out of order")
             response = self._response_for(command.deviceCommand.device)
             if response is None:
@@ -355,12 +223,12 @@ class SimulatedGateway:
                 return None, "connection lost"
             if loop.time() >= deadline:
                 return None, "timeout"
-            event = await self._next_event(min(deadline, self._end_at))
+            event = await self._inbox.next(min(deadline, self._end_at))
             if event is None:
                 continue
-            if event.kind is _Kind.NOTIFICATION:
+            if event.kind is Kind.NOTIFICATION:
                 return None, "disconnect notification"
-            if event.kind is _Kind.MESSAGE:
+            if event.kind is Kind.MESSAGE:
                 message = self._parse(event.payload)
                 if message is None:
                     return None, "malformed message"
@@ -423,21 +291,21 @@ class SimulatedGateway:
                 deadline = min(deadline, oldest + status_timeout)
             if may_send:
                 deadline = min(deadline, self._next_status_at)
-            event = await self._next_event(deadline)
+            event = await self._inbox.next(deadline)
             if event is None:
                 continue
-            if not sending and self._farewells and event.kind is _Kind.NOTIFICATION:
+            if not sending and self._farewells and event.kind is Kind.NOTIFICATION:
                 return  # the server ended the session because we unplugged everything: done
             reason = self._handle(event, session_id, epoch)
             if reason is not None:
                 self._drop(reason)
                 return
 
-    def _handle(self, event: _Event, session_id: str, epoch: int) -> str | None:
+    def _handle(self, event: InboxEvent, session_id: str, epoch: int) -> str | None:
         """Apply one event of normal communication; a reason string means: drop the connection."""
-        if event.kind is _Kind.NOTIFICATION:
+        if event.kind is Kind.NOTIFICATION:
             return "disconnect notification"
-        if event.kind is _Kind.LINK_DOWN:
+        if event.kind is Kind.LINK_DOWN:
             return "connection lost" if epoch != self._link_epoch else None
         message = self._parse(event.payload)
         if message is None:
@@ -449,7 +317,7 @@ class SimulatedGateway:
             command = message.command
             if command.sessionId != session_id:
                 return "command with another session id"
-            if not self._command_counter_ok(command.messageCounter):
+            if not self._command_counters.accept(command.messageCounter):
                 return "command counter out of order"
             response = self._response_for(command.deviceCommand.device)
             if response is None:
@@ -502,147 +370,3 @@ class SimulatedGateway:
         self._reconnect_at = max(loop.time(), self._next_status_at)
         self._log.info("%s: dropped session %s (%s).", self.car, self._session_id, reason)
         self._set_state(GatewayState.DISCONNECTED)
-
-    # ---- sending ---------------------------------------------------------------
-
-    def _next_device(self) -> Device:
-        device = self._devices[self._round_robin % len(self._devices)]
-        self._round_robin += 1
-        return device
-
-    def _send_status(
-        self,
-        device: Device,
-        state: ext.Status.DeviceState | None,
-        *,
-        in_sequence: bool = False,
-        counted: bool = True,
-    ) -> int | None:
-        """Publish the next status of ``device`` (RUNNING, or CONNECTING when newly plugged); its counter."""
-        if state is None:
-            if device.key in self._announce:
-                self._announce.discard(device.key)
-                state = ext.Status.CONNECTING
-            else:
-                state = ext.Status.RUNNING
-        self._status_counter += 1
-        counter = self._status_counter
-        data = self._status_data(device, self._sequence)
-        self._sequence += 1
-        sent_at = asyncio.get_running_loop().time()
-        if not self._publish(messages.status(self._session_id, state, counter, device, data)):
-            return None
-        if in_sequence:
-            self.stats.connecting_statuses_sent += 1
-            return counter
-        if counted:
-            self.stats.statuses_sent += 1
-        self._pending[counter] = sent_at
-        return counter
-
-    def _answer_command(self, command: ext.Command, response: ext.CommandResponse.Type, at: float) -> bool:
-        self.stats.commands_received += 1
-        self.commands.append(
-            ReceivedCommand(
-                session_id=command.sessionId,
-                counter=command.messageCounter,
-                device=Device.from_proto(command.deviceCommand.device),
-                data=command.deviceCommand.commandData,
-                received_at=at,
-                response=response,
-            )
-        )
-        self._notify()
-        if not self._publish(messages.command_response(command.sessionId, command.messageCounter, response)):
-            return False
-        self.stats.command_responses_sent += 1
-        return True
-
-    def _command_counter_ok(self, counter: int) -> bool:
-        """First command sets the reference, each next must be +1; a reference of 0 accepts anything (GW)."""
-        if self._last_command_counter != 0 and counter != self._last_command_counter + 1:
-            return False
-        self._last_command_counter = counter
-        return True
-
-    def _response_for(self, device: internal.Device) -> ext.CommandResponse.Type | None:
-        """The gateway's answer for a command's device; None for a module it does not handle."""
-        target = Device.from_proto(device)
-        modules = {known.module for known in self.config.devices} | {known.module for known in self._devices}
-        if target.module not in modules:
-            return None
-        if any(known.same_device(target) for known in self._devices):
-            return ext.CommandResponse.OK
-        known_types = {known.device_type for known in (*self.config.devices, *self._devices)}
-        if target.device_type not in known_types:
-            return ext.CommandResponse.DEVICE_NOT_SUPPORTED
-        return ext.CommandResponse.DEVICE_NOT_CONNECTED
-
-    def _publish(self, message: ext.ExternalClient) -> bool:
-        try:
-            self.connection.publish_nowait(self.topics.module_gateway, message.SerializeToString())
-        except PublishError:
-            return False
-        return True
-
-    # ---- events ------------------------------------------------------------------
-
-    def _parse(self, payload: bytes) -> ext.ExternalServer | None:
-        try:
-            message = ext.ExternalServer.FromString(payload)
-        except DecodeError:
-            self.stats.malformed += 1
-            self._log.warning("%s: undecodable message from the server (%d bytes).", self.car, len(payload))
-            return None
-        return message
-
-    def _on_payload(self, payload: bytes) -> None:
-        self._push(_Kind.MESSAGE, payload)
-
-    def _on_notification(self, _payload: bytes) -> None:
-        self.stats.notifications += 1
-        self._push(_Kind.NOTIFICATION, b"")
-
-    def _on_link_state(self, connected: bool) -> None:
-        if not connected:
-            self._link_epoch += 1
-            self._push(_Kind.LINK_DOWN, b"")
-        else:
-            self._wake()
-
-    def _push(self, kind: _Kind, payload: bytes) -> None:
-        self._inbox.append(_Event(kind, payload, asyncio.get_running_loop().time()))
-        self._wakeup.set()
-
-    def _wake(self) -> None:
-        self._wakeup.set()
-
-    async def _next_event(self, deadline: float) -> _Event | None:
-        """The oldest event, or None at ``deadline`` or on a wake-up without event (re-check state)."""
-        if self._inbox:
-            return self._inbox.popleft()
-        self._wakeup.clear()
-        handle = None
-        if deadline != math.inf:
-            handle = asyncio.get_running_loop().call_at(deadline, self._wakeup.set)
-        try:
-            await self._wakeup.wait()
-        finally:
-            if handle is not None:
-                handle.cancel()
-        return self._inbox.popleft() if self._inbox else None
-
-    def _set_state(self, state: GatewayState) -> None:
-        if state is not self._state:
-            self._state = state
-            self._notify()
-
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    def _release_waiters(self) -> None:
-        for waiter in self._waiters.values():
-            if not waiter.done():
-                waiter.set_result(False)
-        self._waiters.clear()
