@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -677,15 +678,18 @@ def test_c9_api_down_then_back(contexts: ContextFactory, api: FleetHttpApiDouble
 
     before = stats(context)
     window_started = time.monotonic()
-    while time.monotonic() - window_started < 3.0:
+    # at least 3 s, and on until the guard has held the poller back once (a guard against a hang)
+    while time.monotonic() - window_started < 3.0 or stats(context)["guard_delays"] == before["guard_delays"]:
+        assert time.monotonic() - window_started < 30.0, "the request-frequency guard never engaged"
         assert context.wait_for_command(200) == TIMEOUT_OCCURRED
     after = stats(context)
+    window = time.monotonic() - window_started
     polls = (after["poll_requests"] + after["sweep_requests"]) - (
         before["poll_requests"] + before["sweep_requests"]
     )
-    # §2.6 guard 3/1000/500/220: at most C+1 polls per Dl + C·R = 1.16 s once throttled, C before.
-    assert polls <= 3 + 4 * 3, polls
-    assert after["guard_delays"] > before["guard_delays"]
+    # §2.6 guard 3/1000/500/220: at most C+1 polls per Dl + C·R = 1.16 s once throttled, C before;
+    # an upper bound over the window actually measured, so a slow machine only makes it looser.
+    assert polls <= 3 + 4 * math.ceil(window / 1.16), (polls, window)
 
     api.start()  # restarted: car unknown until it posts again, history kept
     assert api.post_commands(COMPANY, "car_a", [command_for(other, "x")])[0] == 404
