@@ -139,6 +139,7 @@ class CompanyServer:
             )
             for runtime in runtimes:
                 runtime.on_call_duration = self.metrics.module_call_observer(runtime.module_id)
+                self.metrics.watch_runtime(car, runtime)
             self.cars[car] = CarUnit(car, session, runtimes)
             self.sessions[car] = session
             self._routes[topics[car].module_gateway] = session

@@ -37,6 +37,19 @@ class ObservedSession(Protocol):
     def device_count(self) -> int: ...
 
 
+class CommandErrorCounts(Protocol):
+    """A module runtime's counts of failed ``wait_for_command`` / ``pop_command`` calls."""
+
+    @property
+    def module_id(self) -> int: ...
+
+    @property
+    def wait_errors(self) -> int: ...
+
+    @property
+    def pop_errors(self) -> int: ...
+
+
 def default_views() -> list[View]:
     aggregation = ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_MS)
     return [
@@ -53,6 +66,7 @@ class ServerMetrics:
     ) -> None:
         self._company = company
         self._sessions = sessions
+        self._runtimes: list[tuple[str, CommandErrorCounts]] = []
         meter = meter_provider.get_meter("external_server")
         self._status_latency = meter.create_histogram(
             STATUS_LATENCY, unit="ms", description="Status received → StatusResponse published"
@@ -74,6 +88,31 @@ class ServerMetrics:
             description="Dropped payloads",
         )
         meter.create_observable_counter(
+            "fleet_ignored_messages",
+            [self._observe("ignored", "reason")],
+            description="Valid car messages ignored, by reason",
+        )
+        meter.create_observable_counter(
+            "fleet_module_errors",
+            [self._observe("module_errors", "function")],
+            description="Module calls that returned an error, by function",
+        )
+        meter.create_observable_counter(
+            "fleet_commands_dropped",
+            [self._observe("commands_dropped", "reason")],
+            description="Module commands never sent or never acknowledged, by reason",
+        )
+        meter.create_observable_counter(
+            "fleet_inbox_overflow_drops",
+            [self._dropped_overflow],
+            description="Car messages dropped because the car's inbox was full",
+        )
+        meter.create_observable_counter(
+            "fleet_module_command_errors",
+            [self._command_errors],
+            description="Failed wait_for_command / pop_command calls of the waiting threads",
+        )
+        meter.create_observable_counter(
             "fleet_session_resets",
             [self._observe("resets", "reason")],
             description="Session resets by reason",
@@ -84,6 +123,10 @@ class ServerMetrics:
         meter.create_observable_gauge(
             "fleet_devices_connected", [self._devices_connected], description="Registered devices"
         )
+
+    def watch_runtime(self, car: str, runtime: CommandErrorCounts) -> None:
+        """Export a module runtime's command-waiting error counts."""
+        self._runtimes.append((car, runtime))
 
     def status_latency_observer(self) -> Callable[[float], None]:
         attributes = {"company": self._company}
@@ -115,6 +158,16 @@ class ServerMetrics:
                     yield Observation(value, {"company": self._company, "car": car, label: key})
 
         return callback
+
+    def _command_errors(self, _options: CallbackOptions) -> Iterable[Observation]:
+        for car, runtime in self._runtimes:
+            base = {"company": self._company, "car": car, "module": str(runtime.module_id)}
+            yield Observation(runtime.wait_errors, {**base, "function": "wait_for_command"})
+            yield Observation(runtime.pop_errors, {**base, "function": "pop_command"})
+
+    def _dropped_overflow(self, _options: CallbackOptions) -> Iterable[Observation]:
+        for car, session in self._sessions.items():
+            yield Observation(session.stats.dropped_overflow, {"company": self._company, "car": car})
 
     def _cars_connected(self, _options: CallbackOptions) -> Iterable[Observation]:
         running = sum(1 for session in self._sessions.values() if session.state == CarState.RUNNING)

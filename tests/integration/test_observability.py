@@ -70,6 +70,9 @@ async def test_metrics_count_a_scripted_session(mosquitto: MosquittoBroker, tmp_
             assert {"device_connected", "forward_status"} <= functions
             assert points["fleet_cars_connected"] == [({"company": COMPANY}, 1)]
             assert points["fleet_devices_connected"] == [({"company": COMPANY}, 1)]
+            waiting = {attrs["function"]: value for attrs, value in points["fleet_module_command_errors"]}
+            assert waiting == {"wait_for_command": 0, "pop_command": 0}
+            assert [value for _, value in points["fleet_inbox_overflow_drops"]] == [0]
     finally:
         await server.stop()
 
