@@ -94,6 +94,11 @@ class PodRecord:
     log_path: Path | None = None
 
     @property
+    def key(self) -> str:
+        """Name and UID prefix: a StatefulSet's replacement pod has its predecessor's name."""
+        return f"{self.name}/{self.uid[:8]}"
+
+    @property
     def is_server(self) -> bool:
         return self.labels.get("app.kubernetes.io/name") == "external-server"
 
@@ -359,6 +364,11 @@ class Interval:
         return min(self.end, other.end) - max(self.start, other.start)
 
 
+def served_cars(rec: PodRecord, lines: list[tuple[float, str]]) -> set[str]:
+    """The cars a server pod served: its /status, and every car its log names."""
+    return set(rec.status_cars) | {m["car"] for _, text in lines if (m := _SRV_CAR.search(text))}
+
+
 def serving_intervals(rec: PodRecord, lines: list[tuple[float, str]], now: float) -> list[Interval]:
     """When ``rec`` was subscribed for its cars: from its first 'Connected to MQTT broker' line to
     its 'Stopping:' line (after which it answers no car), or its last line when it died without
@@ -369,8 +379,8 @@ def serving_intervals(rec: PodRecord, lines: list[tuple[float, str]], now: float
     end = next((at for at, text in lines if _SRV_STOPPING in text), None)
     if end is None:
         end = lines[-1][0] if rec.gone_at is not None or rec.container_finished is not None else now
-    cars = set(rec.status_cars) | {m["car"] for _, text in lines if (m := _SRV_CAR.search(text))}
-    return [Interval(rec.name, car, start, end) for car in sorted(cars)]
+    cars = served_cars(rec, lines)
+    return [Interval(rec.key, car, start, end) for car in sorted(cars)]
 
 
 def session_intervals(rec: PodRecord, lines: list[tuple[float, str]], now: float) -> list[Interval]:
@@ -383,12 +393,12 @@ def session_intervals(rec: PodRecord, lines: list[tuple[float, str]], now: float
             open_.setdefault(m["car"], at)
         elif m := _SRV_RESET.search(text):
             if m["car"] in open_:
-                out.append(Interval(rec.name, m["car"], open_.pop(m["car"]), at))
+                out.append(Interval(rec.key, m["car"], open_.pop(m["car"]), at))
         elif _SRV_STOPPING in text and stop_at is None:
             stop_at = at
     last = lines[-1][0] if lines else now
     end_all = stop_at if stop_at is not None else (last if rec.gone_at is not None else now)
-    out.extend(Interval(rec.name, car, since, end_all) for car, since in open_.items())
+    out.extend(Interval(rec.key, car, since, end_all) for car, since in open_.items())
     return out
 
 

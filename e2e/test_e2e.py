@@ -45,6 +45,7 @@ import yaml
 from e2e_support import (
     Figures,
     Interval,
+    PodRecord,
     Recorder,
     broker_connections,
     iso,
@@ -54,6 +55,7 @@ from e2e_support import (
     parse_time,
     pod_status,
     read_log,
+    served_cars,
     serving_intervals,
     session_gaps,
     session_intervals,
@@ -322,6 +324,28 @@ def summary_in_log(lines: list[tuple[float, str]]) -> dict[str, Any] | None:
                         break
                     return doc
     return None
+
+
+def server_timeline(start: float, end: float) -> dict[str, dict[str, float]]:
+    """Per server pod, its events within [start, end] in seconds after ``start`` (what a session gap
+    is made of: old server stopping, pod gone, new pod created, started, connected to the broker)."""
+    out: dict[str, dict[str, float]] = {}
+    for pod in rec().server_pods(NAME):
+        lines = rec().log_lines(pod)
+        events = {
+            "stopping (log)": next((at for at, t in lines if "Stopping: cleaning up" in t), None),
+            "container finished": pod.container_finished,
+            "gone (observed)": pod.gone_at,
+            "created": pod.created,
+            "container started": pod.container_started,
+            "connected to broker (log)": next(
+                (at for at, t in lines if "Connected to MQTT broker" in t), None
+            ),
+        }
+        inside = {k: round(v - start, 3) for k, v in events.items() if v is not None and start <= v <= end}
+        if inside:
+            out[pod.key] = inside
+    return out
 
 
 def record_window(name: str, start: float, end: float, cars: list[str]) -> dict[str, Any]:
@@ -620,7 +644,14 @@ def _shard_change(figures: Figures, key: str, shards_from: int, shards_to: int) 
     wait_for("every simulated car back in a session", lambda: cars_back_in_session(cars, start), timeout=120)
     end = time.time()
     gaps = record_window(key, start, end, cars)
-    figures.put(f"{key}_session_gap", {"window": [iso(start), iso(end)], "cars": gaps})
+    figures.put(
+        f"{key}_session_gap",
+        {
+            "window": [iso(start), iso(end)],
+            "cars": gaps,
+            "servers_s_after_change": server_timeline(start, end),
+        },
+    )
     assert all(g["gap_s"] is not None for g in gaps.values()), gaps
 
 
@@ -659,6 +690,7 @@ def test_adding_a_car_rolls_only_its_shard(figures: Figures) -> None:
             "new_car_running_after_s": round(first_new - start, 3),
             "cars": gaps,
             "replaced_shards": sorted(s for s in after if before.get(s) != after[s]),
+            "servers_s_after_change": server_timeline(start, end),
         },
     )
     assert after[shard] != before[shard], "the new car's shard was not rolled"
@@ -727,16 +759,32 @@ def test_deleting_a_server_pod_notifies_its_cars(figures: Figures) -> None:
         "coexisted_observations": len(both),
         "first_coexistence": both[0] if both else None,
     }
+
+    def first(rec_: PodRecord | None, text: str) -> float | None:
+        lines = rec().log_lines(rec_) if rec_ is not None else []
+        return next((at for at, line in lines if text in line), None)
+
+    timeline = {
+        "pod deleted (kubectl delete)": start,
+        "old server 'Stopping:' (its log)": first(old_rec, "Stopping: cleaning up"),
+        "old container finished": old_rec.container_finished,
+        "old pod gone from the API (observed)": STATE["pod_delete"]["old_gone_observed"],
+        "new pod created": STATE["pod_delete"]["new_created"],
+        "new container started": STATE["pod_delete"]["new_container_started"],
+        "new server connected to the broker (its log)": first(new_rec, "Connected to MQTT broker"),
+        "every car back in a session (observed)": end,
+    }
     figures.put(
         "pod_delete",
         {
             "window": [iso(start), iso(end)],
             "cars": gaps,
-            "old_pod": old,
-            "new_pod": new_pod["metadata"]["name"],
-            "new_pod_created": new_pod["metadata"]["creationTimestamp"],
-            "old_container_finished": iso(old_rec.container_finished) if old_rec.container_finished else None,
+            "old_pod": old_rec.key,
+            "new_pod": new_rec.key if new_rec else None,
             "old_exit_code": old_rec.exit_code,
+            "timeline_s_after_delete": {
+                k: None if v is None else round(v - start, 3) for k, v in timeline.items()
+            },
             "polls_with_old_and_new_pod_present": len(both),
             "polls": len(observations),
         },
@@ -837,11 +885,25 @@ def test_no_car_was_served_by_two_pods_at_once(figures: Figures) -> None:
     sessions = _intervals("sessions")
     broker_pods = rec().pods_named(BROKER_PREFIX)
     broker_lines = [line for pod in broker_pods for line in rec().log_lines(pod)]
-    ips = {p.ip: p.name for p in rec().server_pods(NAME)}
-    connections = [
-        {**c, "pod": ips.get(c["ip"]), "from": iso(c["from"]), "to": iso(c["to"])}
-        for c in broker_connections(broker_lines, "es-", time.time())
-    ]
+    now = time.time()
+    pods = rec().server_pods(NAME)
+
+    def pod_at(ip: str, at: float) -> PodRecord | None:
+        """The server pod that had ``ip`` at ``at`` (docker0 addresses are reused)."""
+        for pod in pods:
+            started = pod.container_started or pod.created
+            if pod.ip == ip and started - 1 <= at <= (pod.gone_at or now):
+                return pod
+        return None
+
+    connections = []
+    by_broker: list[Interval] = []
+    for c in broker_connections(broker_lines, "es-", now):
+        pod = pod_at(c["ip"], c["from"])
+        connections.append({**c, "pod": pod.key if pod else None, "from": iso(c["from"]), "to": iso(c["to"])})
+        if pod is not None:
+            cars = served_cars(pod, rec().log_lines(pod))
+            by_broker += [Interval(pod.key, car, c["from"], c["to"]) for car in cars]
     report: dict[str, Any] = {"broker_connections": connections}
     for window, (start, end) in STATE["windows"].items():
         report[window] = {
@@ -851,9 +913,15 @@ def test_no_car_was_served_by_two_pods_at_once(figures: Figures) -> None:
     whole = overlaps(serving, -math.inf, math.inf)
     report["whole_run_subscribed_overlaps"] = whole
     report["whole_run_session_overlaps"] = overlaps(sessions, -math.inf, math.inf)
+    broker_whole = overlaps(by_broker, -math.inf, math.inf)
+    report["whole_run_broker_connection_overlaps"] = broker_whole
     figures.put("double_serving", report)
     assert serving, "no serving intervals found in the server pods' logs"
-    assert not whole, f"cars served by two pods at once: {json.dumps(whole, indent=2)}"
+    assert by_broker, "no server connection found in the broker's log"
+    assert not whole, f"cars served by two pods at once (server logs): {json.dumps(whole, indent=2)}"
+    assert not broker_whole, (
+        f"cars served by two pods at once (broker log): {json.dumps(broker_whole, indent=2)}"
+    )
 
 
 def test_replacement_pod_started_only_after_the_old_one_was_gone() -> None:
