@@ -76,9 +76,19 @@ case "$PROVIDER" in
   *) say "E2E_PROVIDER must be auto, kind, node or kubeconfig (got '$PROVIDER')"; exit 2 ;;
 esac
 command -v kubectl >/dev/null 2>&1 || skip "kubectl is not installed"
+# Another single-node cluster on this machine: its API port is taken or a kubelet runs.
+other_cluster() {
+  ss -Hltn "sport = :${FLEET_CLUSTER_API_PORT:-6443}" 2>/dev/null | grep -q . ||
+    [ -n "$(ps -C kubelet -o pid= 2>/dev/null)" ]
+}
 if [ "$PROVIDER" = node ]; then
   [ "$(id -u)" = 0 ] || skip "kind is not installed and the project's single-node cluster needs root"
   [ -x "$ROOT/tools/cluster/up.sh" ] || skip "kind is not installed and tools/cluster/up.sh is missing"
+  if other_cluster; then
+    say "FAIL: another cluster is running on this machine (port ${FLEET_CLUSTER_API_PORT:-6443} in use or" \
+      "a kubelet runs); stop it first (tools/cluster/down.sh ITS_WORKDIR)"
+    exit 1
+  fi
 fi
 
 step engine
@@ -101,6 +111,7 @@ say "work directory $WORK (provider $PROVIDER)"
 
 cluster_up=0
 kind_created=0
+node_started=0
 diagnostics() {
   {
     echo "=== $(date -u +%FT%TZ) e2e diagnostics (provider $PROVIDER)"
@@ -140,7 +151,7 @@ cleanup() {
   if [ "${E2E_KEEP_CLUSTER:-0}" = 1 ]; then
     say "keeping the cluster (KUBECONFIG=$KUBECONFIG)"
   elif [ "$PROVIDER" = node ]; then
-    if [ -d "$WORK/cluster" ]; then
+    if [ "$node_started" = 1 ]; then
       say "tearing the cluster down (tools/cluster/down.sh)"
       if ! "$ROOT/tools/cluster/down.sh" "$WORK/cluster" >&2; then
         say "tools/cluster/down.sh reported leftovers"
@@ -222,8 +233,15 @@ elif [ "$PROVIDER" = kubeconfig ]; then
   cp "$E2E_KUBECONFIG" "$KUBECONFIG"
   cluster_up=1
 else
+  # One cluster per machine (node-wide kubelet, kube-proxy, DNS): never start (or tear down) ours
+  # while another one runs, e.g. a cluster somebody else started with tools/cluster/up.sh.
+  if other_cluster; then
+    say "FAIL: another cluster is running on this machine; stop it first (tools/cluster/down.sh ITS_WORKDIR)"
+    exit 1
+  fi
   say "starting the single-node cluster (tools/cluster/up.sh; logs in $WORK/cluster/logs)"
   cluster_up=1
+  node_started=1
   kubeconfig=$("$ROOT/tools/cluster/up.sh" "$WORK/cluster") || { say "tools/cluster/up.sh failed"; exit 1; }
   cp "$kubeconfig" "$KUBECONFIG"
 fi
