@@ -336,7 +336,17 @@ FAKE_DOCKER = """#!/bin/sh
 echo "$*" >>"$FAKE_LOG"
 case "$1" in
   info) [ "${FAKE_DAEMON:-1}" = 1 ] ;;
-  image) for n in $FAKE_PRESENT; do [ "$n" = "$3" ] && exit 0; done; exit 1 ;;
+  image)  # image inspect [-f FORMAT] NAME: labels from $FAKE_LABELS (name=value ...)
+    if [ "$3" = -f ]; then format=$4; name=$5; else format=""; name=$3; fi
+    for n in $FAKE_PRESENT; do
+      [ "$n" = "$name" ] || continue
+      case "$format" in
+        *Labels*) for kv in $FAKE_LABELS; do [ "${kv%%=*}" = "$name" ] && echo "${kv#*=}"; done ;;
+        *Id*) echo sha256:fake ;;
+      esac
+      exit 0
+    done
+    exit 1 ;;
   pull) echo "Error response from daemon: no registry here" >&2; exit 1 ;;
   build) exit 0 ;;
   *) exit 0 ;;
@@ -357,6 +367,7 @@ def fake_docker(tmp_path: Path) -> dict[str, str]:
         "FAKE_LOG": str(tmp_path / "docker.log"),
         "FAKE_PRESENT": "python:3.11-slim-bookworm",
         "FLEET_CACHE_DIR": str(tmp_path / "cache"),
+        "FAKE_LABELS": "",
         "EXTRA_CA": "",
         "PYTHON_IMAGE": "",
     }
@@ -429,6 +440,10 @@ def test_ensure_base_prefers_the_public_image_then_the_local_one(fake_docker: di
     assert (result.returncode, result.stdout) == (0, "python:3.11-slim-bookworm\n"), result.stderr
     assert not docker_calls(fake_docker, "pull")
 
+    recipe = run_script("tools/image/ensure-base.sh", fake_docker, "recipe").stdout.strip()
+    assert re.fullmatch(r"\d+-[0-9a-f]{12}", recipe), recipe
+    labels = f"fleet-local/python:3.11-bookworm={recipe} fleet-local/debian:bookworm={recipe.split('-')[0]}"
+    fake_docker["FAKE_LABELS"] = labels
     local = {**fake_docker, "FAKE_PRESENT": "fleet-local/python:3.11-bookworm"}
     result = run_script("tools/image/ensure-base.sh", local, "python")
     assert (result.returncode, result.stdout) == (0, "fleet-local/python:3.11-bookworm\n"), result.stderr

@@ -10,7 +10,7 @@
 # $LOCAL_BROKER_IMAGE (default fleet-local/mosquitto:2), built from Debian's mosquitto on the local
 # Debian base (tools/image/mosquitto/Dockerfile, tools/image/ensure-base.sh debian). Progress on
 # stderr. FLEET_IMAGE_PULL=0 skips the pull attempt. The local image is rebuilt when its Dockerfile
-# changed (a label records the Dockerfile's digest).
+# or the Debian base changed (a label records their digest).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BROKER_IMAGE=${BROKER_IMAGE:-eclipse-mosquitto:2}
@@ -31,12 +31,13 @@ if [ "${FLEET_IMAGE_PULL:-1}" != 0 ]; then
     fi
     say "cannot pull $BROKER_IMAGE: ${err##*$'\n'}"
 fi
-# The local image is rebuilt when tools/image/mosquitto/Dockerfile changed since it was built.
-recipe=$(sha256sum <"$HERE/mosquitto/Dockerfile" | cut -c1-16)
+# The local image is rebuilt when tools/image/mosquitto/Dockerfile or the Debian base changed since
+# it was built.
+debian=$("$HERE/ensure-base.sh" debian)
+recipe=$({ cat "$HERE/mosquitto/Dockerfile"; docker image inspect -f '{{.Id}}' "$debian"; } | sha256sum | cut -c1-16)
 built=$(docker image inspect -f '{{index .Config.Labels "io.fleet-external-server.recipe"}}' \
     "$LOCAL_BROKER_IMAGE" 2>/dev/null || true)
 if [ "$built" = "$recipe" ]; then echo "$LOCAL_BROKER_IMAGE"; exit 0; fi
-debian=$("$HERE/ensure-base.sh" debian)
 say "building $LOCAL_BROKER_IMAGE from $debian and Debian's mosquitto"
 docker build -q --build-arg DEBIAN_IMAGE="$debian" --label "io.fleet-external-server.recipe=$recipe" \
     -t "$LOCAL_BROKER_IMAGE" - <"$HERE/mosquitto/Dockerfile" >/dev/null
