@@ -93,8 +93,14 @@ for uid in $uids; do
     [ -e "$d" ] && rm -rf "$d"
   done
 done
-if [ "$node_wide" = 1 ] && [ -d /var/log/containers ]; then
-  find /var/log/containers -maxdepth 1 -type l ! -exec test -e {} \; -delete 2>/dev/null || true
+if [ "$node_wide" = 1 ]; then
+  # Also those of pods deleted earlier whose directories the kubelet had not collected yet.
+  if [ -f "$W/started" ] && [ -d /var/log/pods ]; then
+    find /var/log/pods -mindepth 1 -maxdepth 1 -type d -newer "$W/started" -exec rm -rf {} + 2>/dev/null || true
+  fi
+  if [ -d /var/log/containers ]; then
+    find /var/log/containers -maxdepth 1 -type l ! -exec test -e {} \; -delete 2>/dev/null || true
+  fi
 fi
 if [ -S "$W/dockershim/dockershim.sock" ]; then rm -f "$W/dockershim/dockershim.sock"; fi
 

@@ -72,6 +72,13 @@ T0=$SECONDS
 say() { cluster_log "[$((SECONDS - T0))s] $*"; }
 die() { cluster_log "error: $*"; exit 1; }
 
+# A cluster already running in WORKDIR is left alone (checked before the failure trap is set).
+for name in "${CLUSTER_PROCS[@]}"; do
+  if recorded_pid "$W" "$name" >/dev/null; then
+    die "a cluster is already running in $W ($name); run $HERE/down.sh $W first"
+  fi
+done
+
 # --- failure handling ---------------------------------------------------------------------------
 STEP="preparing"
 FAILED_COMPONENT=""
@@ -111,15 +118,11 @@ wait_for() {
 
 # --- preconditions ------------------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || die "needs root (kubelet, kube-proxy, iptables, mounts)"
-for name in "${CLUSTER_PROCS[@]}"; do
-  if recorded_pid "$W" "$name" >/dev/null; then
-    die "a cluster is already running in $W ($name); run $HERE/down.sh $W first"
-  fi
-done
 
 STEP="installing prerequisites"
 need=()
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
+command -v iptables >/dev/null || need+=(iptables)
 command -v conntrack >/dev/null || need+=(conntrack)
 # kube-proxy --cleanup (down.sh) also clears IPVS sets and fails without ipset.
 command -v ipset >/dev/null || need+=(ipset)
@@ -176,6 +179,8 @@ done
 ss -Hlun "sport = :53" | awk '{print $4}' | grep -qxF "$NODE_IP:53" && die "$NODE_IP:53 (UDP) is in use"
 
 echo "$W" >"$CLUSTER_OWNER"
+# down.sh removes the pod log directories made after this mark.
+touch "$W/started"
 
 # Containers of an earlier kubelet (no kubelet runs now: its ports are free) would be killed and
 # removed by the new one behind the back of nobody; remove them now, visibly.
@@ -321,7 +326,7 @@ start_proc "$W" kubelet "$BIN/kubelet" \
   --container-runtime-endpoint "unix://$SHIM_SOCK" \
   --experimental-dockershim-root-directory "$W/dockershim" \
   --pod-infra-container-image "$PAUSE_IMAGE" \
-  --root-dir "$W/kubelet" --volume-plugin-dir "$W/kubelet/volume-plugins" \
+  --root-dir "$W/kubelet" --cert-dir "$W/kubelet/pki" --volume-plugin-dir "$W/kubelet/volume-plugins" \
   --fail-swap-on=false --cgroups-per-qos=false --enforce-node-allocatable= --oom-score-adj 0 \
   --cluster-dns "$NODE_IP" --cluster-domain "$DOMAIN" --node-status-update-frequency 2s \
   --address "$NODE_IP" --read-only-port 0 --healthz-bind-address 127.0.0.1 --healthz-port 10248 \
