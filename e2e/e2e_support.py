@@ -91,6 +91,9 @@ class PodRecord:
     exit_code: int | None = None
     ready_at: float | None = None
     status_cars: set[str] = field(default_factory=set)
+    #: every distinct terminated state seen: "reason/exitCode" (e.g. "Completed/0",
+    #: "ContainerStatusUnknown/137": the kubelet lost the container's real end)
+    terminations: set[str] = field(default_factory=set)
     log_path: Path | None = None
 
     @property
@@ -200,6 +203,7 @@ class Recorder:
                         if term.get("finishedAt"):
                             rec.container_finished = parse_time(term["finishedAt"])
                         rec.exit_code = term.get("exitCode")
+                        rec.terminations.add(f"{term.get('reason')}/{term.get('exitCode')}")
                     if cs.get("ready") and rec.ready_at is None:
                         rec.ready_at = now
                         if rec.is_server:

@@ -365,6 +365,7 @@ def write_history(recorder_: Recorder) -> None:
                 "container_started": iso(p.container_started) if p.container_started else None,
                 "container_finished": iso(p.container_finished) if p.container_finished else None,
                 "exit_code": p.exit_code,
+                "ends_seen": sorted(p.terminations),
                 "deleting_since": iso(p.deleting_since) if p.deleting_since else None,
                 "gone_at": iso(p.gone_at) if p.gone_at else None,
                 "terminating_s": round(p.gone_at - p.deleting_since, 1)
@@ -941,8 +942,8 @@ def test_no_pod_stayed_terminating(figures: Figures) -> None:
     with rec().lock:
         for p in rec().pods.values():
             if p.deleting_since is not None:
-                seconds[p.name] = round((p.gone_at or time.time()) - p.deleting_since, 1)
-                slow[p.name] = {"terminating_s": seconds[p.name], "exit_code": p.exit_code}
+                seconds[p.key] = round((p.gone_at or time.time()) - p.deleting_since, 1)
+                slow[p.key] = {"terminating_s": seconds[p.key], "ends_seen": sorted(p.terminations)}
     figures.put("terminating_seconds", slow)
     stuck = {n: slow[n] for n, s in seconds.items() if s > 60}
     assert not stuck, f"pods Terminating for more than 60 s: {stuck}"
