@@ -17,7 +17,7 @@ trap 'rm -f "$report"' EXIT
 cert=()
 if [ -n "${SSL_CERT_FILE:-}" ]; then cert=(--cert "$SSL_CERT_FILE"); fi
 "$PYTHON" -m pip --isolated install -q "${cert[@]}" --dry-run --ignore-installed --report "$report" \
-    "$ROOT[operator]" >&2
+    "${ROOT}[operator]" >&2
 "$PYTHON" - "$report" <<'PY'
 import json
 import sys
