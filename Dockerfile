@@ -10,8 +10,9 @@
 #             project's wheel (server + operator packages)
 #   operator  slim Python runtime + the wheel with the `operator` extra; entrypoint external-server-operator
 #   server    slim Python runtime + the wheel (no kopf) + the modules; entrypoint external-server
-# Only the modules and wheel stages reach the network (apt, PyPI); the two images install from the
-# wheelhouse with `pip --no-index`, so the same constraints give the same packages every time.
+# Only the modules and wheel stages reach PyPI; the two images install from the wheelhouse with
+# `pip --no-index`, so the same constraints give the same packages every time. (The server stage
+# still installs its run-time C libraries with apt, from the base image's Debian sources.)
 #
 # Modules live at a fixed path, /opt/external-server/modules/ (MODULES_DIR below): an
 # ExternalServer names them as `library: /opt/external-server/modules/libexample.so`.
@@ -29,8 +30,9 @@
 # at them (`make image EXTRA_CA=/path/ca.pem` stages a file or directory for you). The modules and
 # wheel stages add them to the system bundle (update-ca-certificates) and point pip and Python's ssl
 # at it (PIP_CERT, SSL_CERT_FILE, REQUESTS_CA_BUNDLE). The server and operator images do not carry
-# them: they are built FROM runtime, which never sees EXTRA_CA_DIR, and install from the wheelhouse
-# without network. Give a running pod a private CA by mounting it.
+# them: they are built FROM runtime, which never sees EXTRA_CA_DIR, and take their Python packages
+# from the wheelhouse without network; the server stage's apt uses Debian's signed http mirror as
+# the base image configures it. Give a running pod a private CA by mounting it.
 #
 # Both runtime images run as uid/gid 10001 (the operator's server pods set the same ids),
 # write nothing outside /tmp (the root filesystem can be read-only) and log to stdout.
