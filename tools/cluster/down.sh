@@ -77,9 +77,13 @@ if [ "$node_wide" = 1 ]; then
 fi
 
 # 4. The rest, in reverse start order.
-for name in dnsmasq dns-sync kube-scheduler kube-controller-manager kube-apiserver etcd; do
+# The API server waits for open watches (clients still running) on SIGTERM; its state is thrown
+# away anyway, so it gets 5 s.
+for name in dnsmasq dns-sync kube-scheduler kube-controller-manager; do
   stop_proc "$W" "$name"
 done
+stop_proc "$W" kube-apiserver 5
+stop_proc "$W" etcd
 
 # 5. Pod volume mounts (tmpfs for secrets and service-account tokens).
 while read -r m; do
