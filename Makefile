@@ -89,7 +89,7 @@ test-valgrind: venv modules
 test: lint test-python test-valgrind
 
 run: venv modules
-	$(PY) -m external_server.devrun $(if $(BROKER),--broker $(BROKER),) --config config/config.json
+	$(PY) tools/devrun/devrun.py $(if $(BROKER),--broker $(BROKER),) --config config/config.json
 
 bench: venv modules
 	$(PY) -m bench.run --full

@@ -3,7 +3,10 @@
 Starts an embedded broker on a free loopback port unless ``--broker host:port``
 is given, writes a copy of the config pointing at it, runs the server and the
 fleet simulator (live progress) as child processes, and stops all three on
-Ctrl-C. Only processes started here are ended, by PID.
+Ctrl-C (or SIGTERM). Once stopping has begun, further Ctrl-Cs are ignored so the
+children are always stopped in order. Only processes started here are ended, by PID.
+
+A development tool, not part of the server package: ``.venv/bin/python tools/devrun/devrun.py``.
 """
 
 from __future__ import annotations
@@ -37,9 +40,19 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
     return False
 
 
-def _spawn(command: list[str]) -> subprocess.Popen[bytes]:
+def _spawn(name: str, command: list[str]) -> subprocess.Popen[bytes]:
     """A child in its own session: Ctrl-C reaches only us, and we stop children in order."""
-    return subprocess.Popen(command, start_new_session=True)
+    child = subprocess.Popen(command, start_new_session=True)
+    print(f"devrun: started {name} (pid {child.pid})", flush=True)
+    return child
+
+
+class _Interrupted(Exception):
+    """SIGTERM, handled like Ctrl-C."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise _Interrupted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=2.0, help="statuses per second per car")
     args = parser.parse_args(argv)
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
     config = json.loads(args.config.read_text())
     children: list[subprocess.Popen[bytes]] = []
     python = sys.executable
@@ -58,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         port = int(port_text)
     else:
         host, port = "127.0.0.1", free_port()
-        children.append(
-            _spawn([python, "-m", "external_server.devbroker", "--host", host, "--port", str(port)])
-        )
+        broker = str(Path(__file__).with_name("devbroker.py"))
+        children.append(_spawn("broker", [python, broker, "--host", host, "--port", str(port)]))
         if not wait_for_port(host, port, 15):
             print("embedded broker did not start", file=sys.stderr)
             return _stop(children, 1)
@@ -79,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     children.append(
         _spawn(
+            "server",
             [
                 python,
                 "-m",
@@ -89,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
                 "127.0.0.1",
                 "--http-port",
                 str(http_port),
-            ]
+            ],
         )
     )
-    time.sleep(1.0)
+    if not wait_for_port("127.0.0.1", http_port, 30):
+        print("the server did not start", file=sys.stderr)
+        return _stop(children, 1)
     children.append(
         _spawn(
+            "simulator",
             [
                 python,
                 "-m",
@@ -108,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--rate",
                 str(args.rate),
                 "--live",
-            ]
+            ],
         )
     )
     try:
@@ -118,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if failed:
             print(f"a component exited: {failed}", file=sys.stderr)
             return _stop(children, 1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Interrupted):
         pass
     finally:
         os.unlink(run_config)
@@ -126,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop(children: list[subprocess.Popen[bytes]], code: int) -> int:
+    # A second Ctrl-C (or SIGTERM) must not cut the clean-up short and leave children running.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("devrun: stopping", flush=True)
     for child in reversed(children):  # simulator first, broker last
         if child.poll() is None:
             child.send_signal(signal.SIGINT)
