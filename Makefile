@@ -53,8 +53,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 crd: venv
-	$(PY) -m external_server_operator.crd -o crds/externalserver.yaml
-	cp crds/externalserver.yaml charts/external-server/crds/externalserver.yaml
+	$(PY) -m external_server_operator.crd -o charts/external-server/crds/externalserver.yaml
 	$(PY) tools/helm/gen_values_schema.py
 
 # The cluster tests need etcd + kube-apiserver + kube-controller-manager v1.20.2; tools/envtest/ensure.sh

@@ -1,8 +1,8 @@
 """Generate the ExternalServer CustomResourceDefinition from the pydantic models.
 
     python -m external_server_operator.crd                 # print the CRD YAML
-    python -m external_server_operator.crd -o crds/externalserver.yaml
-    python -m external_server_operator.crd --check crds/externalserver.yaml
+    python -m external_server_operator.crd -o charts/external-server/crds/externalserver.yaml
+    python -m external_server_operator.crd --check charts/external-server/crds/externalserver.yaml
 
 pydantic's JSON schema is turned into a Kubernetes *structural* OpenAPI v3 schema:
 ``$ref`` inlined, titles dropped, ``Optional[X]`` → X (absent rather than null),
@@ -34,7 +34,7 @@ from .models import (
 
 HEADER = (
     "# Generated from external_server_operator.models by\n"
-    "#   python -m external_server_operator.crd -o crds/externalserver.yaml\n"
+    "#   python -m external_server_operator.crd -o charts/external-server/crds/externalserver.yaml\n"
     "# Do not edit by hand: tests/unit/test_operator_crd.py checks that this file is up to date.\n"
 )
 

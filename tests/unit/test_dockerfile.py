@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 MODULES_DIR = "/opt/external-server/modules/"
 #: Where module paths are referenced that must exist in the server image.
-REFERENCING = ("charts", "e2e", "tests/cluster", "tests/chart", "config", "crds")
+REFERENCING = ("charts", "e2e", "tests/cluster", "tests/chart", "config")
 
 
 @dataclass

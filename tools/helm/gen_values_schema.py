@@ -4,7 +4,7 @@
     python tools/helm/gen_values_schema.py --check   # exit 1 when the file is out of date
 
 Everything in charts/external-server/values.schema.json is written by hand except
-``definitions.externalServerSpec``: the CRD's OpenAPI schema of ``spec`` (from
+``definitions.externalServerSpec``: the CRD's OpenAPI schema of ``spec`` (from the chart's
 crds/externalserver.yaml), turned into plain JSON Schema so that ``helm install`` rejects a bad
 ExternalServer in the values before anything reaches the cluster:
 
@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "externalserver.yaml"
+CRD = ROOT / "charts" / "external-server" / "crds" / "externalserver.yaml"
 SCHEMA = ROOT / "charts" / "external-server" / "values.schema.json"
 DEFINITION = "externalServerSpec"
 
