@@ -30,9 +30,6 @@ FORMER_CITATION = re.compile(
 #: other check still applies to them. The lead developer empties this list once they are done.
 PENDING_CONVERSION: frozenset[str] = frozenset(
     {
-        "server/external_server/runtime/module_runtime.py",
-        "server/external_server/session/reset.py",
-        "server/external_server/session/state.py",
         "tests/integration/sequence_helpers.py",
         "tests/integration/test_connect_sequence.py",
         "tests/integration/test_normal_commands.py",

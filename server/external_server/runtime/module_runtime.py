@@ -1,6 +1,6 @@
 """One module context of one car, driven from asyncio without blocking the loop.
 
-Two rules of protocol.md §5.5 shape this class: calls on one context are
+Two rules of docs/protocol.md §5.5 shape this class: calls on one context are
 serialized (a ``threading.Lock``, because the command-waiting thread must take it
 too for ``pop_command``), and only ``wait_for_command`` may overlap with them.
 Calls run on a shared thread pool so a slow module of one car only holds one

@@ -1,4 +1,4 @@
-"""Why a session run ended (protocol.md §4.14); low-cardinality labels for logs and metrics."""
+"""Why a session run ended (docs/protocol.md §4.14); low-cardinality labels for logs and metrics."""
 
 from __future__ import annotations
 

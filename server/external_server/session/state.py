@@ -1,4 +1,4 @@
-"""Per-car session states of protocol.md §4.2 and the allowed transitions."""
+"""Per-car session states of docs/protocol.md §4.2 and the allowed transitions."""
 
 from __future__ import annotations
 
