@@ -37,6 +37,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -879,6 +880,19 @@ def _intervals(kind: str) -> list[Interval]:
     return out
 
 
+def handover_margins(intervals: list[Interval]) -> dict[str, list[dict[str, Any]]]:
+    """Per car, each handover from one pod to the next: seconds between the old pod's end of serving
+    and the new pod's start (negative: both served at once)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for car in sorted({i.car for i in intervals}):
+        mine = sorted((i for i in intervals if i.car == car), key=lambda i: i.start)
+        out[car] = [
+            {"from": a.pod, "to": b.pod, "at": iso(b.start), "margin_s": round(b.start - a.end, 3)}
+            for a, b in pairwise(mine)
+        ]
+    return out
+
+
 def test_no_car_was_served_by_two_pods_at_once(figures: Figures) -> None:
     """From the server pods' own logs (each pod serves its cars from 'Connected to MQTT broker' to
     'Stopping:') and, as a second witness, the broker's log of the server clients' connections."""
@@ -915,6 +929,7 @@ def test_no_car_was_served_by_two_pods_at_once(figures: Figures) -> None:
     report["whole_run_subscribed_overlaps"] = whole
     report["whole_run_session_overlaps"] = overlaps(sessions, -math.inf, math.inf)
     broker_whole = overlaps(by_broker, -math.inf, math.inf)
+    report["handover_margin_s"] = handover_margins(serving)
     report["whole_run_broker_connection_overlaps"] = broker_whole
     figures.put("double_serving", report)
     assert serving, "no serving intervals found in the server pods' logs"
