@@ -508,6 +508,7 @@ def test_apply_and_cars_reach_running(figures: Figures) -> None:
             "first_car_s": round(first - applied_at, 3),
             "per_car_s": per_car,
             "all_running_in_status_s": round(all_running - applied_at, 3),
+            "servers_s_after_apply": server_timeline(applied_at, all_running),
             "note": "car side: the simulator's 'connected' log line (normal communication); "
             "simulator reconnect-delay 1 s, connect-timeout 3 s",
         },
