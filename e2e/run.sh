@@ -91,20 +91,8 @@ if [ "$PROVIDER" = node ]; then
   fi
 fi
 
-step engine
 engine_started=0
-if ! docker info >/dev/null 2>&1; then
-  if [ -x "$ROOT/tools/docker/engine.sh" ] && [ "$(id -u)" = 0 ]; then
-    say "no Docker daemon answers; starting one (tools/docker/engine.sh ensure)"
-    "$ROOT/tools/docker/engine.sh" ensure || skip "no Docker engine could be started (tools/docker/engine.sh ensure failed)"
-    engine_started=1
-  else
-    skip "no Docker daemon is reachable ('docker info' failed) and none can be started here"
-  fi
-fi
-[ -x "$ROOT/.venv/bin/pytest" ] || make -C "$ROOT" --no-print-directory venv >&2
-HELM=$("$ROOT/tools/helm/ensure.sh") || skip "Helm is not available (tools/helm/ensure.sh failed)"
-
+HELM=${HELM:-}
 export KUBECONFIG="$WORK/kubeconfig"
 export HELM_CACHE_HOME="$WORK/helm/cache" HELM_CONFIG_HOME="$WORK/helm/config" HELM_DATA_HOME="$WORK/helm/data"
 say "work directory $WORK (provider $PROVIDER)"
@@ -144,6 +132,7 @@ cleanup() {
     diagnostics
     grep -E "^(===|NAME|pod/|deployment|job|externalserver)" "$WORK/diagnostics.txt" | head -n 60 >&2 || true
   fi
+  say "evidence in $WORK: logs/ (every pod's log, followed while it lived), pods.json, figures.json"
   if [ -s "$WORK/figures.json" ]; then
     say "figures ($WORK/figures.json):"
     cat "$WORK/figures.json" >&2
@@ -181,6 +170,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+step engine
+if ! docker info >/dev/null 2>&1; then
+  if [ -x "$ROOT/tools/docker/engine.sh" ] && [ "$(id -u)" = 0 ]; then
+    say "no Docker daemon answers; starting one (tools/docker/engine.sh ensure)"
+    "$ROOT/tools/docker/engine.sh" ensure || skip "no Docker engine could be started (tools/docker/engine.sh ensure failed)"
+    engine_started=1
+  else
+    skip "no Docker daemon is reachable ('docker info' failed) and none can be started here"
+  fi
+fi
+[ -x "$ROOT/.venv/bin/pytest" ] || make -C "$ROOT" --no-print-directory venv >&2
+HELM=$("$ROOT/tools/helm/ensure.sh") || skip "Helm is not available (tools/helm/ensure.sh failed)"
+
 
 # --- images (before the cluster: the node provider's kubelet then finds them at once) ----------------
 step images
