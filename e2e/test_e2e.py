@@ -952,17 +952,24 @@ def test_replacement_pod_started_only_after_the_old_one_was_gone() -> None:
 
 
 def test_no_pod_stayed_terminating(figures: Figures) -> None:
-    """Issue 10 item 6: pods that stay Terminating (ContainerStatusUnknown, exit 137)."""
-    slow: dict[str, dict[str, Any]] = {}
-    seconds: dict[str, float] = {}
+    """Issue 10 item 6 (pods left Terminating, ContainerStatusUnknown/137): every pod deleted during
+    the run is gone by now (the uninstall step waited, bounded, for the namespace to empty). How long
+    each one was Terminating and how its container was reported to end are figures, not assertions."""
+    rec().poll_now()
+    report: dict[str, dict[str, Any]] = {}
+    left: list[str] = []
     with rec().lock:
         for p in rec().pods.values():
-            if p.deleting_since is not None:
-                seconds[p.key] = round((p.gone_at or time.time()) - p.deleting_since, 1)
-                slow[p.key] = {"terminating_s": seconds[p.key], "ends_seen": sorted(p.terminations)}
-    figures.put("terminating_seconds", slow)
-    stuck = {n: slow[n] for n, s in seconds.items() if s > 60}
-    assert not stuck, f"pods Terminating for more than 60 s: {stuck}"
+            if p.deleting_since is None:
+                continue
+            if p.gone_at is None:
+                left.append(p.key)
+            report[p.key] = {
+                "terminating_s": round(p.gone_at - p.deleting_since, 1) if p.gone_at else None,
+                "ends_seen": sorted(p.terminations),
+            }
+    figures.put("terminating_seconds", report)
+    assert not left, f"pods still Terminating: {left}"
 
 
 def test_logs_were_read(recorder: Recorder) -> None:
